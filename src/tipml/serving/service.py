@@ -1,0 +1,219 @@
+"""The logic behind ``/score`` and ``/generate``: no HTTP here, only plain objects.
+
+Services are stateless between requests: per-tip aggregates come from a read-only view
+(``tip_stats``) that the event backbone keeps fresh, the model from the scorer given at
+construction.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+
+from tipml.errors import GatewayError, InvalidRequest
+from tipml.experiments.policies import Policy
+from tipml.features.context import build_context, local_time
+from tipml.features.profile_schema import ValidatedProfile, validate_profile
+from tipml.features.tip_features import Candidate, TipStatsView, feature_matrix
+from tipml.serving import guard
+from tipml.serving.gateway import LLMGateway
+from tipml.serving.metrics import Metrics
+from tipml.serving.prompts import CANARY, resolve_version
+from tipml.serving.schemas import (
+    GenerateRequest,
+    GenerateResponse,
+    ScoredTip,
+    ScoreRequest,
+    ScoreResponse,
+    Usage,
+)
+from tipml.serving.scoring import Scorer
+from tipml.settings import Settings
+
+log = logging.getLogger("tipml.serving")
+
+_FEATURE_LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_MAX_UNKNOWN_LABELS = 200
+
+
+class UnknownFeatureCounter:
+    """Counts unknown profile feature names with a bounded label set (client input must not
+    grow the metric without limit)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._seen: set[str] = set()
+
+    def count(self, names: tuple[str, ...], *, route: str) -> None:
+        if not names:
+            return
+        for name in names:
+            label = name if _FEATURE_LABEL.match(name) else "_invalid_name"
+            if label not in self._seen and len(self._seen) >= _MAX_UNKNOWN_LABELS:
+                label = "_other"
+            self._seen.add(label)
+            self._metrics.unknown_features.labels(label).inc()
+        log.info("unknown profile features ignored",
+                 extra={"route": route, "features": list(names)[:20]})
+
+
+def _profile(raw: Mapping[str, object] | None, unknown: UnknownFeatureCounter,
+             route: str) -> ValidatedProfile:
+    profile = validate_profile(raw)
+    unknown.count(profile.unknown, route=route)
+    return profile
+
+
+class ScoreService:
+    def __init__(
+        self,
+        settings: Settings,
+        scorer: Scorer,
+        policy: Policy,
+        tip_stats: TipStatsView,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.scorer = scorer
+        self.policy = policy
+        self.tip_stats = tip_stats
+        self.metrics = metrics
+        self._unknown = UnknownFeatureCounter(metrics)
+
+    def _candidates(self, req: ScoreRequest) -> list[Candidate]:
+        if not req.candidates:
+            raise InvalidRequest("candidates: must contain at least one tip", field="candidates")
+        limit = self.settings.max_candidates
+        if len(req.candidates) > limit:
+            raise InvalidRequest(
+                f"candidates: {len(req.candidates)} given, at most {limit} allowed",
+                field="candidates",
+            )
+        seen: dict[str, int] = {}
+        out: list[Candidate] = []
+        for i, c in enumerate(req.candidates):
+            if c.tip_id in seen:
+                raise InvalidRequest(
+                    f"candidates.{i}.tip_id: duplicate tip_id {c.tip_id!r} "
+                    f"(also at candidates.{seen[c.tip_id]})",
+                    field=f"candidates.{i}.tip_id",
+                )
+            seen[c.tip_id] = i
+            out.append(Candidate(c.tip_id, c.category, tuple(c.tags), c.source))
+        return out
+
+    def score(self, req: ScoreRequest) -> ScoreResponse:
+        candidates = self._candidates(req)
+        profile = _profile(req.profile_features, self._unknown, "/score")
+        ts = req.context.ts if req.context else None
+        hour = local_time(ts, profile).hour
+        x = feature_matrix(candidates, profile, hour, self.tip_stats.snapshot())
+        scores = self.scorer.score(x)
+        ranking = self.policy.rank(scores)
+        k = min(req.k or len(candidates), len(candidates))
+        results = [
+            ScoredTip(
+                tip_id=candidates[i].tip_id,
+                score=float(scores[i]),
+                rank=r + 1,
+                propensity=float(ranking.propensities[i]),
+            )
+            for r, i in enumerate(ranking.order[:k].tolist())
+        ]
+        self.metrics.scored_candidates.observe(len(candidates))
+        return ScoreResponse(
+            score_id=str(uuid.uuid4()),
+            model_version=self.scorer.version,
+            policy=self.policy.name,
+            results=results,
+        )
+
+
+class GenerateService:
+    def __init__(
+        self,
+        settings: Settings,
+        gateway: Callable[[], LLMGateway | None],
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self._gateway = gateway
+        self.metrics = metrics
+        self._unknown = UnknownFeatureCounter(metrics)
+
+    async def generate(self, req: GenerateRequest) -> GenerateResponse:
+        started = time.perf_counter()
+        version = resolve_version(req.prompt_version, self.settings.default_prompt_version)
+        ceiling = self.settings.generate_max_chars
+        max_chars = req.max_chars or ceiling
+        if max_chars > ceiling:
+            raise InvalidRequest(f"max_chars: {max_chars} is above the maximum {ceiling}",
+                                 field="max_chars")
+        profile = _profile(req.profile_features, self._unknown, "/generate")
+        ctx = build_context(
+            topic=req.topic or req.category,
+            profile=profile,
+            ts=req.context.ts if req.context else None,
+            max_chars=max_chars,
+            locale=req.locale,
+        )
+        gateway = self._gateway()
+        reason: str | None = None
+        text = ""
+        model = "fallback"
+        usage = Usage()
+        if gateway is None:
+            reason = "gateway_not_ready"
+        else:
+            try:
+                if gateway.mode == "completion":
+                    result = await gateway.complete(
+                        prompt=version.render_completion(ctx), params=version.params,
+                        deadline_s=self.settings.generate_deadline_s,
+                    )
+                else:
+                    result = await gateway.complete(
+                        messages=version.render_chat(ctx), params=version.params,
+                        deadline_s=self.settings.generate_deadline_s,
+                    )
+            except GatewayError as exc:
+                reason = exc.reason
+                log.warning("llm call failed", extra={"reason": exc.reason, "error": exc.detail})
+            else:
+                model = result.model
+                usage = Usage(prompt_tokens=result.prompt_tokens,
+                              completion_tokens=result.completion_tokens,
+                              total_tokens=result.prompt_tokens + result.completion_tokens)
+                route = "default"
+                self.metrics.llm_latency.labels(route).observe(result.latency_s)
+                self.metrics.llm_tokens.labels(route, "prompt").inc(result.prompt_tokens)
+                self.metrics.llm_tokens.labels(route, "completion").inc(result.completion_tokens)
+                verdict = guard.check(
+                    result.text, max_chars=max_chars, canary=CANARY,
+                    system_text=version.system, examples=version.example_tips(),
+                )
+                if result.finish_reason == "length" and verdict.ok:
+                    verdict = guard.GuardResult(False, verdict.text, "truncated")
+                if verdict.ok:
+                    text = verdict.text
+                else:
+                    reason = f"guard_{verdict.reason}"
+                    log.info("guard rejected llm text",
+                             extra={"reason": verdict.reason, "text": verdict.text[:300]})
+        if reason is not None:
+            text = version.render_fallback(ctx)
+            self.metrics.fallbacks.labels(reason, version.key).inc()
+        self.metrics.generations.labels(version.key, "fallback" if reason else "llm").inc()
+        return GenerateResponse(
+            generation_id=str(uuid.uuid4()),
+            text=text,
+            prompt_version=version.key,
+            model=model,
+            fallback=reason is not None,
+            fallback_reason=reason,
+            usage=usage,
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        )

@@ -1,0 +1,99 @@
+"""The one configuration object. Built once at the edge (CLI) and passed explicitly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tipml.errors import ConfigError
+
+DEFAULT_GATEWAY_CONFIG = Path(__file__).parent / "serving" / "gateway.yaml"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment variables use the ``TIPML_`` prefix, except
+    ``DEFAULT_PROMPT_VERSION`` whose name is fixed by the recommender contract."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TIPML_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    dev: bool = Field(False, description="Development mode: allows running without API tokens.")
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated bearer tokens accepted on /score and /generate.",
+    )
+    data_dir: Path = Field(Path(".tipml"), description="Where tipml keeps local state.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_requests: bool = Field(True, description="One JSON access-log line per request.")
+
+    max_candidates: int = Field(1000, ge=1, le=100_000)
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Request body size limit.")
+
+    scorer: Literal["baseline", "lightgbm"] = "baseline"
+    model_path: Path | None = Field(None, description="LightGBM text model (scorer=lightgbm).")
+    model_version: str | None = Field(None, description="Overrides the reported model_version.")
+
+    default_prompt_version: str = Field(
+        "v1",
+        validation_alias=AliasChoices("DEFAULT_PROMPT_VERSION", "default_prompt_version"),
+        min_length=1,
+    )
+    generate_deadline_s: float = Field(
+        6.0, gt=0, le=120, description="Hard outer deadline of one LLM call in /generate."
+    )
+    generate_max_chars: int = Field(
+        200, ge=20, le=2000, description="Default and ceiling of max_chars on /generate."
+    )
+    gateway_config: Path = Field(DEFAULT_GATEWAY_CONFIG, description="LiteLLM router config.")
+    local_llm: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: start the embedded llama.cpp server when the gateway config uses it.",
+    )
+    local_llm_model: Path | None = Field(
+        None, description="GGUF file for the local model; default: assembled Gemma 3 270M."
+    )
+    local_llm_threads: int = Field(2, ge=1, le=64)
+    local_llm_ctx: int = Field(1024, ge=256, le=32768)
+    local_llm_startup_s: float = Field(60.0, gt=0)
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if not self.api_tokens and not self.dev:
+            raise ValueError(
+                "no API token configured: set TIPML_API_TOKENS (comma-separated) "
+                "or TIPML_DEV=1 for local development"
+            )
+        for token in self.api_tokens:
+            if len(token.get_secret_value()) < 16 and not self.dev:
+                raise ValueError("every TIPML_API_TOKENS entry must be at least 16 characters")
+        if self.scorer == "lightgbm" and self.model_path is None:
+            raise ValueError("TIPML_SCORER=lightgbm needs TIPML_MODEL_PATH")
+        return self
+
+    def token_values(self) -> list[bytes]:
+        return [t.get_secret_value().encode() for t in self.api_tokens]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """``Settings`` from the environment plus overrides; a bad value is a ``ConfigError``."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc

@@ -1,0 +1,142 @@
+"""Drives a running tipml service like the app + recommender would: score → generate →
+reactions. Talks HTTP only; never imports serving code."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from tipml.sim.catalog import BY_ID, CATALOG
+from tipml.sim.users import REACTION_REWARD, SimUser, make_users
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    idx = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[idx]
+
+
+@dataclass
+class RouteStats:
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies_ms) + sum(self.errors.values())
+
+
+@dataclass
+class DriveReport:
+    duration_s: float = 0.0
+    routes: dict[str, RouteStats] = field(
+        default_factory=lambda: {"/score": RouteStats(), "/generate": RouteStats()}
+    )
+    reactions: Counter[str] = field(default_factory=Counter)
+    reward_ranked: list[float] = field(default_factory=list)  # expected reward of top pick
+    reward_random: list[float] = field(default_factory=list)  # ... of a random candidate
+    fallback_reasons: Counter[str] = field(default_factory=Counter)
+    prompt_versions: Counter[str] = field(default_factory=Counter)
+    # (prompt version, topic, fallback?, text)
+    samples: list[tuple[str, str, bool, str]] = field(default_factory=list)
+
+    @property
+    def generations(self) -> int:
+        return len(self.routes["/generate"].latencies_ms)
+
+    @property
+    def fallback_rate(self) -> float:
+        return sum(self.fallback_reasons.values()) / self.generations if self.generations else 0.0
+
+
+class Driver:
+    def __init__(self, base_url: str, token: str, *, users: int = 200, candidates: int = 40,
+                 generate_every: int = 4, seed: int = 7) -> None:
+        self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.users: list[SimUser] = make_users(users, seed)
+        self.candidates = candidates
+        self.generate_every = generate_every
+        self.rng = random.Random(seed)
+        self.clock = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
+
+    def _tick(self) -> datetime:
+        self.clock += timedelta(minutes=self.rng.randint(1, 15))
+        return self.clock
+
+    async def _timed(self, client: httpx.AsyncClient, route: str, body: dict[str, object],
+                     report: DriveReport) -> dict[str, object] | None:
+        started = time.perf_counter()
+        resp = await client.post(route, json=body, headers=self.headers)
+        elapsed = (time.perf_counter() - started) * 1000
+        stats = report.routes[route]
+        if resp.status_code != 200:
+            stats.errors[resp.status_code] += 1
+            return None
+        stats.latencies_ms.append(elapsed)
+        data: dict[str, object] = resp.json()
+        return data
+
+    async def step(self, client: httpx.AsyncClient, n: int, report: DriveReport) -> None:
+        user = self.rng.choice(self.users)
+        ts = self._tick()
+        shown = self.rng.sample(CATALOG, self.candidates)
+        profile = user.profile_features(self.rng)
+        body = {
+            "user_id": user.user_id,
+            "candidates": [{"tip_id": t.tip_id, "category": t.category, "tags": list(t.tags)}
+                           for t in shown],
+            "profile_features": profile,
+            "context": {"ts": ts.isoformat(), "platform": self.rng.choice(["ios", "android"])},
+            "k": 5,
+        }
+        scored = await self._timed(client, "/score", body, report)
+        if scored is None:
+            return
+        results = scored["results"]
+        assert isinstance(results, list)
+        top = BY_ID[results[0]["tip_id"]]
+        report.reward_ranked.append(user.expected_reward(top.category, ts))
+        report.reward_random.append(user.expected_reward(self.rng.choice(shown).category, ts))
+        reaction = user.react(top.category, ts, self.rng)
+        report.reactions[reaction] += 1
+        if n % self.generate_every == 0:
+            version = "v1" if (n // self.generate_every) % 2 == 0 else "v2"
+            gen = await self._timed(client, "/generate", {
+                "user_id": user.user_id, "topic": top.category, "prompt_version": version,
+                "profile_features": profile, "context": {"ts": ts.isoformat()},
+                "max_chars": 160,
+            }, report)
+            if gen is not None:
+                report.prompt_versions[str(gen["prompt_version"])] += 1
+                if gen["fallback"]:
+                    report.fallback_reasons[str(gen["fallback_reason"])] += 1
+                if len(report.samples) < 6:
+                    report.samples.append((str(gen["prompt_version"]), top.category,
+                                           bool(gen["fallback"]), str(gen["text"])))
+
+    async def run(self, duration_s: float, concurrency: int = 4) -> DriveReport:
+        report = DriveReport()
+        started = time.perf_counter()
+        counter = iter(range(10**9))
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30, limits=limits) as client:
+
+            async def worker() -> None:
+                while time.perf_counter() - started < duration_s:
+                    await self.step(client, next(counter), report)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        report.duration_s = time.perf_counter() - started
+        return report
+
+
+__all__ = ["REACTION_REWARD", "DriveReport", "Driver", "percentile"]

@@ -1,0 +1,128 @@
+"""An OpenAI-compatible stand-in for a *hosted* LLM provider, for tests and benchmarks.
+
+It is the one mock the project allows: a provider we cannot run here. It speaks
+``/v1/completions`` and ``/v1/chat/completions`` and misbehaves on request — the requested
+model name picks the behaviour, so one server backs many LiteLLM routes:
+
+* ``ok`` — answers with ``StubLLM.text`` at once;
+* ``say:<text>`` — answers with ``<text>`` (``_`` stands for a space);
+* ``slow:<seconds>`` — answers after a delay;
+* ``hang`` — never answers (until the server stops);
+* ``drip`` — sends the response one byte every 0.2 s;
+* ``error-<status>`` — answers with that HTTP status (e.g. ``error-500``, ``error-429``);
+* ``flaky-<n>`` — fails with 500 the first ``n`` times, then answers.
+
+It runs uvicorn in its own thread and event loop, independent of the caller's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class StubLLM:
+    def __init__(self, text: str = "Take a short walk outside after lunch today.") -> None:
+        self.text = text
+        self.port = free_port()
+        self.calls: Counter[str] = Counter()
+        self._stop = asyncio.Event()
+        app = Starlette(
+            routes=[
+                Route("/v1/completions", self._handle, methods=["POST"]),
+                Route("/v1/chat/completions", self._handle, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="error", lifespan="off"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> StubLLM:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("stub LLM did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._server.force_exit = True
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> StubLLM:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "ok", "object": "model"}]})
+
+    def _body(self, chat: bool, model: str, text: str) -> dict[str, Any]:
+        usage = {"prompt_tokens": 20, "completion_tokens": len(text.split()),
+                 "total_tokens": 20 + len(text.split())}
+        if chat:
+            choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": text}}
+            kind = "chat.completion"
+        else:
+            choice = {"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}
+            kind = "text_completion"
+        return {"id": "cmpl-stub", "object": kind, "created": int(time.time()),
+                "model": model, "choices": [choice], "usage": usage}
+
+    async def _handle(self, request: Request) -> Response:
+        payload = orjson.loads(await request.body())
+        model = str(payload.get("model", "ok"))
+        chat = request.url.path.endswith("/chat/completions")
+        self.calls[model] += 1
+        text = self.text
+        if model.startswith("say:"):
+            text = model[4:].replace("_", " ")
+        elif model.startswith("slow:"):
+            await asyncio.sleep(float(model[5:]))
+        elif model == "hang":
+            await asyncio.sleep(3600)
+        elif model.startswith("error-"):
+            status = int(model[6:])
+            return JSONResponse({"error": {"message": f"stub {status}", "type": "stub"}},
+                                status_code=status)
+        elif model.startswith("flaky-") and self.calls[model] <= int(model[6:]):
+            return JSONResponse({"error": {"message": "flaky", "type": "stub"}}, status_code=500)
+        body = orjson.dumps(self._body(chat, model, text))
+        if model == "drip":
+
+            async def drip() -> AsyncIterator[bytes]:
+                for i in range(len(body)):
+                    yield body[i : i + 1]
+                    await asyncio.sleep(0.2)
+
+            return StreamingResponse(drip(), media_type="application/json")
+        return Response(body, media_type="application/json")
