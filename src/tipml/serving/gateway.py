@@ -168,7 +168,21 @@ def _reason(exc: BaseException) -> str:
     for kind, label in ordered:
         if isinstance(exc, kind):
             return label
+    # LiteLLM reports a refused connection as an InternalServerError("... Connection error.")
+    if "connection error" in str(exc).lower() or _caused_by(exc, ConnectionError):
+        return "provider_unreachable"
     return "provider_error"
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class LiteLLMGateway:

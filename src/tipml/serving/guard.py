@@ -13,7 +13,7 @@ from dataclasses import dataclass
 _URL = re.compile(r"(?i)\b(?:https?://|ftp://|www\.)\S+|\b[a-z0-9-]+\.(?:com|org|net|io|ai|co|app|"
                   r"ly|me|info|biz|dev|xyz|de|uk|fr)\b(?:/\S*)?")
 _EMAIL = re.compile(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b")
-_PHONE = re.compile(r"(?:\+?\d[\s().-]?){7,}\d")
+_PHONE_RUN = re.compile(r"\+?\(?\d[\d\s().-]{5,}\d")
 _HTML = re.compile(r"<\s*/?\s*[a-zA-Z][^>]*>|&(?:[a-z]+|#\d+);")
 _MARKDOWN = re.compile(
     r"\*\*|__|`|~~|\[[^\]]*\]\([^)]*\)|^\s*(?:#{1,6}\s|[-*+]\s|\d+[.)]\s|>\s)|\|.*\|"
@@ -83,7 +83,7 @@ def check(
         return reject("email")
     if _URL.search(text):
         return reject("url")
-    if _PHONE.search(text):
+    if any(sum(ch.isdigit() for ch in run) >= 7 for run in _PHONE_RUN.findall(text)):
         return reject("phone")
     ends = _SENTENCE_END.findall(text.rstrip())
     if len(ends) > 1:

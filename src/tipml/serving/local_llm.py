@@ -94,6 +94,14 @@ class LocalLLM:
                 await asyncio.sleep(0.2)
         raise ConfigError(f"local LLM server not ready after {timeout_s:g} s")
 
+    async def warm_up(self, prompts: list[str]) -> None:
+        """Evaluate each prompt once so the first real request does not pay the cold start
+        (llama.cpp reuses the cached prefix: the system text and few-shot examples)."""
+        async with httpx.AsyncClient(timeout=30.0) as client:
+            for prompt in prompts:
+                await client.post(f"{self.api_base}/completions",
+                                  json={"model": MODEL_ALIAS, "prompt": prompt, "max_tokens": 1})
+
     def stop(self) -> None:
         if self._proc is None:
             return

@@ -36,6 +36,19 @@ def _error_response(status: int, code: str, detail: str, rid: str) -> tuple[Mess
     return start, {"type": "http.response.body", "body": body}
 
 
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class RequestMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int,
                  log_requests: bool) -> None:
@@ -43,6 +56,21 @@ class RequestMiddleware:
         self.metrics = metrics
         self.max_body = max_body_bytes
         self.log_requests = log_requests
+
+    async def _buffer(self, receive: Receive) -> tuple[bytes, str | None]:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks), None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return b"", f"body: larger than the limit of {self.max_body} bytes"
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,30 +100,22 @@ class RequestMiddleware:
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
-        received = 0
-
-        async def receive_wrapper() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise PayloadTooLarge(
-                        f"body: larger than the limit of {self.max_body} bytes"
-                    )
-            return message
-
         try:
+            too_large: str | None = None
+            app_receive = receive
             if length is not None and length > self.max_body:
-                start, body = _error_response(
-                    413, PayloadTooLarge.code,
-                    f"body: {length} bytes is larger than the limit of {self.max_body} bytes", rid,
-                )
+                too_large = f"body: {length} bytes is larger than the limit of {self.max_body} bytes"
+            elif length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                # Chunked body of unknown size: buffer it (up to the limit) before the app runs.
+                buffered, too_large = await self._buffer(receive)
+                app_receive = _replay(buffered, receive)
+            if too_large is not None:
+                start, body = _error_response(413, PayloadTooLarge.code, too_large, rid)
                 status = 413
                 await send(start)
                 await send(body)
             else:
-                await self.app(scope, receive_wrapper, send_wrapper)
+                await self.app(scope, app_receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             route: Any = scope.get("route")

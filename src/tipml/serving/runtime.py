@@ -96,6 +96,8 @@ class Runtime:
                 state.local_llm = llm
                 llm.start()
                 await llm.wait_ready(settings.local_llm_startup_s)
+                state.detail = "warming up the local model"
+                await llm.warm_up([_warm_prompt(settings)])
                 env = {**_environ(), LOCAL_LLM_VAR: llm.api_base}
                 config = load_gateway_config(settings.gateway_config, env)
             state.detail = "loading LiteLLM"
@@ -123,6 +125,16 @@ class Runtime:
             await self.gateway_state.gateway.aclose()
         if self.gateway_state.local_llm is not None:
             await asyncio.to_thread(self.gateway_state.local_llm.stop)
+
+
+def _warm_prompt(settings: Settings) -> str:
+    from tipml.features.context import build_context
+    from tipml.features.profile_schema import EMPTY_PROFILE
+
+    version = resolve_version(None, settings.default_prompt_version)
+    ctx = build_context(topic="sleep", profile=EMPTY_PROFILE, ts=None,
+                        max_chars=settings.generate_max_chars, locale=None)
+    return version.render_completion(ctx)
 
 
 def _environ() -> dict[str, str]:

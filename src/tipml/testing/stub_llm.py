@@ -109,7 +109,10 @@ class StubLLM:
         elif model.startswith("slow:"):
             await asyncio.sleep(float(model[5:]))
         elif model == "hang":
-            await asyncio.sleep(3600)
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:  # the client gave up: that is the point
+                return Response(status_code=499)
         elif model.startswith("error-"):
             status = int(model[6:])
             return JSONResponse({"error": {"message": f"stub {status}", "type": "stub"}},

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import AUTH, make_settings
+from tipml.serving.app import create_app
+
+
+def body(n: int = 3, **extra: Any) -> dict[str, Any]:
+    cats = ["sleep", "focus", "movement", "stress"]
+    return {
+        "user_id": "u-1",
+        "candidates": [{"tip_id": f"t{i}", "category": cats[i % 4]} for i in range(n)],
+        **extra,
+    }
+
+
+def test_ranks_all_candidates_sorted_with_greedy_propensities(client: TestClient) -> None:
+    resp = client.post("/score", json=body(4, profile_features={"favorite_category": "focus"}),
+                       headers=AUTH)
+    assert resp.status_code == 200
+    data = resp.json()
+    assert data["policy"] == "greedy"
+    assert data["model_version"].startswith("baseline")
+    results = data["results"]
+    assert [r["rank"] for r in results] == [1, 2, 3, 4]
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert results[0]["tip_id"] == "t1"  # the favourite category wins when all else is equal
+    assert [r["propensity"] for r in results] == [1.0, 0.0, 0.0, 0.0]
+    assert {r["tip_id"] for r in results} == {"t0", "t1", "t2", "t3"}
+
+
+def test_k_limits_results_and_ids_are_unique(client: TestClient) -> None:
+    first = client.post("/score", json=body(10, k=3), headers=AUTH).json()
+    second = client.post("/score", json=body(10, k=3), headers=AUTH).json()
+    assert len(first["results"]) == 3
+    assert first["score_id"] != second["score_id"]
+    big_k = client.post("/score", json=body(2, k=50), headers=AUTH).json()
+    assert len(big_k["results"]) == 2
+
+
+def test_local_time_from_context_and_timezone_changes_hour_match(client: TestClient) -> None:
+    profile = {"preferred_hour": 8, "timezone": "Asia/Tokyo"}
+    at_8_tokyo = {"ts": "2026-11-26T23:00:00Z"}  # 08:00 in Tokyo
+    at_20_tokyo = {"ts": "2026-11-27T11:00:00Z"}  # 20:00 in Tokyo
+    one = body(1, profile_features=profile)
+    morning = client.post("/score", json={**one, "context": at_8_tokyo}, headers=AUTH).json()
+    evening = client.post("/score", json={**one, "context": at_20_tokyo}, headers=AUTH).json()
+    assert morning["results"][0]["score"] > evening["results"][0]["score"]
+
+
+def err(resp: Any, status: int, field: str | None = None) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    data: dict[str, Any] = resp.json()
+    assert set(data) <= {"error", "detail", "field"}
+    assert data["error"] and data["detail"]
+    assert "Traceback" not in data["detail"]
+    if field is not None:
+        assert data.get("field") == field, data
+        assert field in data["detail"]
+    return data
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"user_id": "u", "candidates": []}, "candidates"),
+        ({"user_id": "u"}, "candidates"),
+        ({"candidates": [{"tip_id": "a"}]}, "user_id"),
+        ({"user_id": "u", "candidates": "tips"}, "candidates"),
+        ({"user_id": "u", "candidates": [{"tip_id": 12}]}, "candidates.0.tip_id"),
+        ({"user_id": "u", "candidates": [{"category": "sleep"}]}, "candidates.0.tip_id"),
+        ({"user_id": "u", "candidates": [{"tip_id": "a", "source": "web"}]},
+         "candidates.0.source"),
+        ({"user_id": "u", "candidates": [{"tip_id": "a"}], "k": 0}, "k"),
+        ({"user_id": "u", "candidates": [{"tip_id": "a"}], "k": "two"}, "k"),
+        ({"user_id": "u", "candidates": [{"tip_id": "a"}], "context": {"ts": "yesterday"}},
+         "context.ts"),
+        ({"user_id": "u", "candidates": [{"tip_id": "a"}], "surprise": 1}, "surprise"),
+        ({"user_id": "u", "candidates": [{"tip_id": "a"}], "profile_features": [1]},
+         "profile_features"),
+    ],
+)
+def test_bad_input_is_422_naming_the_field(client: TestClient, payload: dict[str, Any],
+                                           field: str) -> None:
+    err(client.post("/score", json=payload, headers=AUTH), 422, field)
+
+
+def test_duplicate_tip_ids_name_the_duplicate(client: TestClient) -> None:
+    payload = {"user_id": "u", "candidates": [{"tip_id": "a"}, {"tip_id": "b"}, {"tip_id": "a"}]}
+    data = err(client.post("/score", json=payload, headers=AUTH), 422, "candidates.2.tip_id")
+    assert "'a'" in data["detail"] and "candidates.0" in data["detail"]
+
+
+def test_too_many_candidates(tmp_path: Any, gateway_file: Any) -> None:
+    settings = make_settings(tmp_path, max_candidates=5, gateway_config=gateway_file("ok"))
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/score", json=body(5), headers=AUTH).status_code == 200
+        data = err(c.post("/score", json=body(6), headers=AUTH), 422, "candidates")
+        assert "at most 5" in data["detail"]
+
+
+@pytest.mark.parametrize(
+    ("features", "field"),
+    [
+        ({"completion_rate": "high"}, "profile_features.completion_rate"),
+        ({"completion_rate": 1.5}, "profile_features.completion_rate"),
+        ({"preferred_hour": 24}, "profile_features.preferred_hour"),
+        ({"preferred_hour": 7.5}, "profile_features.preferred_hour"),
+        ({"tip_volume_7d": -1}, "profile_features.tip_volume_7d"),
+        ({"favorite_category": "gardening"}, "profile_features.favorite_category"),
+        ({"timezone": "Mars/Olympus"}, "profile_features.timezone"),
+        ({"notifications_enabled": 1}, "profile_features.notifications_enabled"),
+    ],
+)
+def test_bad_profile_feature_is_422_naming_it(client: TestClient, features: dict[str, Any],
+                                              field: str) -> None:
+    data = err(client.post("/score", json=body(2, profile_features=features), headers=AUTH),
+               422, field)
+    assert data["error"] == "invalid_profile_feature"
+
+
+def test_unknown_profile_features_are_ignored_and_counted(client: TestClient) -> None:
+    features = {"completion_rate": 0.5, "brand_new_feature": 3, "another one!": True}
+    resp = client.post("/score", json=body(2, profile_features=features), headers=AUTH)
+    assert resp.status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'tipml_unknown_profile_features_total{feature="brand_new_feature"} 1.0' in metrics
+    assert 'tipml_unknown_profile_features_total{feature="_invalid_name"} 1.0' in metrics
+
+
+def test_missing_and_null_profile_features_are_treated_as_missing(client: TestClient) -> None:
+    a = client.post("/score", json=body(2, profile_features=None), headers=AUTH)
+    b = client.post("/score", json=body(2, profile_features={"preferred_hour": None}),
+                    headers=AUTH)
+    assert a.status_code == b.status_code == 200
+    assert [r["score"] for r in a.json()["results"]] == [r["score"] for r in b.json()["results"]]
+
+
+def test_malformed_json_is_422(client: TestClient) -> None:
+    resp = client.post("/score", content=b'{"user_id": ', headers={**AUTH,
+                       "content-type": "application/json"})
+    data = err(resp, 422, "body")
+    assert "JSON" in data["detail"]
+
+
+def test_body_size_limit(tmp_path: Any, gateway_file: Any) -> None:
+    settings = make_settings(tmp_path, max_body_bytes=2048, gateway_config=gateway_file("ok"))
+    with TestClient(create_app(settings)) as c:
+        data = err(c.post("/score", json=body(200), headers=AUTH), 413)
+        assert data["error"] == "payload_too_large"
+
+        def chunks() -> Any:  # no content-length: the limit is enforced while streaming
+            for _ in range(10):
+                yield b" " * 512
+
+        streamed = c.post("/score", content=chunks(), headers={**AUTH,
+                          "content-type": "application/json"})
+        assert streamed.status_code == 413
+        assert streamed.json()["error"] == "payload_too_large"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": "Basic abc"},
+     {"Authorization": "Bearer"}],
+)
+def test_auth_required(client: TestClient, headers: dict[str, str]) -> None:
+    data = err(client.post("/score", json=body(2), headers=headers), 401, "authorization")
+    assert data["error"] == "unauthorized"
+    err(client.post("/generate", json={"user_id": "u"}, headers=headers), 401)
+
+
+def test_request_id_echoed_or_generated(client: TestClient) -> None:
+    given = client.post("/score", json=body(2), headers={**AUTH, "X-Request-ID": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    made = client.get("/healthz")
+    assert len(made.headers["x-request-id"]) == 32
+    hostile = client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert hostile.headers["x-request-id"] != "bad id\twith spaces"
+    assert client.post("/score", json={}, headers=AUTH).headers["x-request-id"]
+
+
+def test_unknown_route_is_json_404(client: TestClient) -> None:
+    data = err(client.get("/nope"), 404)
+    assert data["error"] == "not_found"
+    assert client.get("/score").status_code == 405

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+from tipml.serving.app import create_app
+from tipml.settings import Settings
+from tipml.testing.stub_llm import StubLLM
+
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="session")
+def stub_llm() -> Iterator[StubLLM]:
+    with StubLLM() as stub:
+        yield stub
+
+
+def stub_route(stub: StubLLM, name: str, behaviour: str, *, mode: str = "completion",
+               timeout: float = 2.0, max_retries: int = 0) -> dict[str, Any]:
+    provider = "text-completion-openai" if mode == "completion" else "openai"
+    return {
+        "model_name": name,
+        "litellm_params": {"model": f"{provider}/{behaviour}", "api_base": stub.api_base,
+                           "api_key": "stub", "timeout": timeout, "max_retries": max_retries},
+        "model_info": {"mode": mode},
+    }
+
+
+GatewayFile = Callable[..., Path]
+
+
+@pytest.fixture
+def gateway_file(tmp_path: Path, stub_llm: StubLLM) -> GatewayFile:
+    """Write a gateway config whose default route has the given stub behaviour."""
+
+    def write(behaviour: str = "ok", *, mode: str = "completion", num_retries: int = 0,
+              extra_routes: list[dict[str, Any]] | None = None,
+              fallbacks: list[dict[str, list[str]]] | None = None,
+              timeout: float = 2.0) -> Path:
+        config = {
+            "default_route": "tip-writer",
+            "model_list": [stub_route(stub_llm, "tip-writer", behaviour, mode=mode,
+                                      timeout=timeout), *(extra_routes or [])],
+            "router_settings": {"num_retries": num_retries, "retry_after": 0,
+                                "fallbacks": fallbacks or [], "timeout": timeout},
+        }
+        path = tmp_path / f"gateway-{behaviour.replace(':', '_').replace('/', '_')}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "api_tokens": TOKEN,
+        "data_dir": tmp_path / "data",
+        "log_requests": False,
+        "generate_deadline_s": 3.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def wait_gateway(client: TestClient, timeout_s: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = client.get("/readyz").json()
+        gateway = body["components"]["gateway"]
+        if not gateway["detail"].startswith("starting"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"gateway did not settle: {body}")
+
+
+@pytest.fixture
+def client(tmp_path: Path, gateway_file: GatewayFile) -> Iterator[TestClient]:
+    """The real app (real LiteLLM gateway) whose LLM is the stub answering 'ok'."""
+    settings = make_settings(tmp_path, gateway_config=gateway_file("ok"))
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        wait_gateway(c)
+        yield c

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+
+from tipml.serving.guard import check, echoes
+
+SYSTEM = "Below are short, warm, practical wellbeing tips written for one person each. zx-c"
+EXAMPLES = ("Take a brisk five-minute walk before your next meeting.",)
+
+
+def run(text: str, max_chars: int = 120):  # type: ignore[no-untyped-def]
+    return check(text, max_chars=max_chars, canary="zx-c", system_text=SYSTEM,
+                 examples=EXAMPLES)
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        (" Put your phone away an hour before bed.", "Put your phone away an hour before bed."),
+        ('"Drink a glass of water now."', "Drink a glass of water now."),
+        ("Tip: Walk 1,000 steps after lunch.", "Walk 1,000 steps after lunch."),
+        ("Take 5 slow breaths before your next task", "Take 5 slow breaths before your next task"),
+        ("Stretch for 2 minutes at 3:30 pm today!", "Stretch for 2 minutes at 3:30 pm today!"),
+    ],
+)
+def test_accepts_clean_tips(raw: str, clean: str) -> None:
+    result = run(raw)
+    assert result.ok, result.reason
+    assert result.text == clean
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("Sleep.", "too_short"),
+        ("x" * 130, "too_long"),
+        ("Drink water.\nThen walk.", "multiple_lines"),
+        ("Read more at https://example.com today.", "url"),
+        ("Visit www.sleep-better.org for ideas.", "url"),
+        ("Check out calm.com for a meditation.", "url"),
+        ("Email coach@example.com for a plan today.", "email"),
+        ("Call +1 (555) 123-4567 to book a session.", "phone"),
+        ("<b>Drink</b> more water today.", "html"),
+        ("Drink more water &amp; rest today.", "html"),
+        ("**Drink** more water today.", "markdown"),
+        ("- Drink more water today.", "markdown"),
+        ("Try the [guide](x) for better sleep.", "markdown"),
+        ("Use `sleep` mode on your phone tonight.", "markdown"),
+        ("Drink water. Then take a walk outside.", "multiple_sentences"),
+        ("Remember zx-c and take a walk today.", "prompt_echo"),
+        ("Here are short, warm, practical wellbeing tips written for one person each.",
+         "prompt_echo"),
+        ("Take a brisk five-minute walk before your next meeting.", "copied_example"),
+    ],
+)
+def test_rejects_with_a_named_reason(raw: str, reason: str) -> None:
+    result = run(raw)
+    assert not result.ok
+    assert result.reason == reason
+
+
+def test_echo_needs_a_long_shared_run() -> None:
+    assert echoes("one two three four five six seven eight", "zero one two three four five "
+                  "six seven eight nine")
+    assert not echoes("one two three four five six seven", "one two three four five six seven")
