@@ -26,13 +26,25 @@ def stub_llm() -> Iterator[StubLLM]:
         yield stub
 
 
-def stub_route(stub: StubLLM, name: str, behaviour: str, *, mode: str = "completion",
-               timeout: float = 2.0, max_retries: int = 0) -> dict[str, Any]:
+def stub_route(
+    stub: StubLLM,
+    name: str,
+    behaviour: str,
+    *,
+    mode: str = "completion",
+    timeout: float = 2.0,
+    max_retries: int = 0,
+) -> dict[str, Any]:
     provider = "text-completion-openai" if mode == "completion" else "openai"
     return {
         "model_name": name,
-        "litellm_params": {"model": f"{provider}/{behaviour}", "api_base": stub.api_base,
-                           "api_key": "stub", "timeout": timeout, "max_retries": max_retries},
+        "litellm_params": {
+            "model": f"{provider}/{behaviour}",
+            "api_base": stub.api_base,
+            "api_key": "stub",
+            "timeout": timeout,
+            "max_retries": max_retries,
+        },
         "model_info": {"mode": mode},
     }
 
@@ -44,16 +56,27 @@ GatewayFile = Callable[..., Path]
 def gateway_file(tmp_path: Path, stub_llm: StubLLM) -> GatewayFile:
     """Write a gateway config whose default route has the given stub behaviour."""
 
-    def write(behaviour: str = "ok", *, mode: str = "completion", num_retries: int = 0,
-              extra_routes: list[dict[str, Any]] | None = None,
-              fallbacks: list[dict[str, list[str]]] | None = None,
-              timeout: float = 2.0) -> Path:
+    def write(
+        behaviour: str = "ok",
+        *,
+        mode: str = "completion",
+        num_retries: int = 0,
+        extra_routes: list[dict[str, Any]] | None = None,
+        fallbacks: list[dict[str, list[str]]] | None = None,
+        timeout: float = 2.0,
+    ) -> Path:
         config = {
             "default_route": "tip-writer",
-            "model_list": [stub_route(stub_llm, "tip-writer", behaviour, mode=mode,
-                                      timeout=timeout), *(extra_routes or [])],
-            "router_settings": {"num_retries": num_retries, "retry_after": 0,
-                                "fallbacks": fallbacks or [], "timeout": timeout},
+            "model_list": [
+                stub_route(stub_llm, "tip-writer", behaviour, mode=mode, timeout=timeout),
+                *(extra_routes or []),
+            ],
+            "router_settings": {
+                "num_retries": num_retries,
+                "retry_after": 0,
+                "fallbacks": fallbacks or [],
+                "timeout": timeout,
+            },
         }
         path = tmp_path / f"gateway-{behaviour.replace(':', '_').replace('/', '_')}.yaml"
         path.write_text(yaml.safe_dump(config))

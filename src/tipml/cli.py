@@ -19,8 +19,11 @@ from rich.table import Table
 
 from tipml.errors import TipmlError
 
-app = typer.Typer(help="tipml — scoring, generation and learning for personalised tips.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="tipml — scoring, generation and learning for personalised tips.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 prompts_app = typer.Typer(help="The prompt registry.", no_args_is_help=True)
 app.add_typer(prompts_app, name="prompts")
 console = Console(stderr=True)
@@ -51,8 +54,15 @@ def serve(
     except TipmlError as exc:
         _fail(exc)
         return
-    uvicorn.run(application, host=host, port=port, log_config=None, access_log=False,
-                workers=workers if workers > 1 else None, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        workers=workers if workers > 1 else None,
+        timeout_graceful_shutdown=10,
+    )
 
 
 @prompts_app.command("list")
@@ -90,8 +100,9 @@ def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float) 
                 body = resp.json()
                 if resp.status_code == 200:
                     return
-                detail = "; ".join(f"{k}: {v['detail']}" for k, v in body["components"].items()
-                                   if not v["ok"])
+                detail = "; ".join(
+                    f"{k}: {v['detail']}" for k, v in body["components"].items() if not v["ok"]
+                )
             except (httpx.HTTPError, ValueError):
                 pass
             status.update(f"starting the service — {detail}")
@@ -120,7 +131,9 @@ def demo(
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tipml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=log,
+            env=env,
+            stdout=log,
+            stderr=log,
         )
     try:
         _wait_ready(base_url, proc, timeout_s=180)
@@ -130,8 +143,10 @@ def demo(
             report = asyncio.run(driver.run(duration, concurrency=concurrency))
         _print_report(report, percentile)
         if keep_serving:
-            console.print(f"\nserving on {base_url} — token: {token}\n"
-                          f"try: curl -s {base_url}/readyz ; Ctrl-C to stop")
+            console.print(
+                f"\nserving on {base_url} — token: {token}\n"
+                f"try: curl -s {base_url}/readyz ; Ctrl-C to stop"
+            )
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
     except TipmlError as exc:
         _fail(exc)
@@ -151,18 +166,26 @@ def _print_report(report: object, percentile: object) -> None:
     out = Console()
     table = Table("route", "requests", "errors", "p50 ms", "p99 ms", "rps", title="requests")
     for route, stats in report.routes.items():
-        table.add_row(route, str(stats.count), str(sum(stats.errors.values())),
-                      f"{pct(stats.latencies_ms, 50):.1f}", f"{pct(stats.latencies_ms, 99):.1f}",
-                      f"{len(stats.latencies_ms) / report.duration_s:.1f}")
+        table.add_row(
+            route,
+            str(stats.count),
+            str(sum(stats.errors.values())),
+            f"{pct(stats.latencies_ms, 50):.1f}",
+            f"{pct(stats.latencies_ms, 99):.1f}",
+            f"{len(stats.latencies_ms) / report.duration_s:.1f}",
+        )
     out.print(table)
     ranked = sum(report.reward_ranked) / max(1, len(report.reward_ranked))
     rand = sum(report.reward_random) / max(1, len(report.reward_random))
-    out.print(f"generations: {report.generations}  fallback rate: {report.fallback_rate:.0%}  "
-              f"reasons: {dict(report.fallback_reasons) or '-'}  "
-              f"versions: {dict(report.prompt_versions)}")
+    out.print(
+        f"generations: {report.generations}  fallback rate: {report.fallback_rate:.0%}  "
+        f"reasons: {dict(report.fallback_reasons) or '-'}  "
+        f"versions: {dict(report.prompt_versions)}"
+    )
     out.print(f"reactions to top tips: {dict(report.reactions)}")
-    out.print(f"expected reward of the top-ranked tip {ranked:.3f} vs a random candidate "
-              f"{rand:.3f}")
+    out.print(
+        f"expected reward of the top-ranked tip {ranked:.3f} vs a random candidate {rand:.3f}"
+    )
     samples = Table("version", "topic", "fallback", "tip", title="generated tips")
     for version, topic, fallback, text in report.samples:
         samples.add_row(version, topic, "yes" if fallback else "no", text)

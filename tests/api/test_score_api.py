@@ -19,8 +19,9 @@ def body(n: int = 3, **extra: Any) -> dict[str, Any]:
 
 
 def test_ranks_all_candidates_sorted_with_greedy_propensities(client: TestClient) -> None:
-    resp = client.post("/score", json=body(4, profile_features={"favorite_category": "focus"}),
-                       headers=AUTH)
+    resp = client.post(
+        "/score", json=body(4, profile_features={"favorite_category": "focus"}), headers=AUTH
+    )
     assert resp.status_code == 200
     data = resp.json()
     assert data["policy"] == "greedy"
@@ -57,7 +58,8 @@ def err(resp: Any, status: int, field: str | None = None) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     data: dict[str, Any] = resp.json()
     assert set(data) <= {"error", "detail", "field"}
-    assert data["error"] and data["detail"]
+    assert data["error"]
+    assert data["detail"]
     assert "Traceback" not in data["detail"]
     if field is not None:
         assert data.get("field") == field, data
@@ -74,26 +76,31 @@ def err(resp: Any, status: int, field: str | None = None) -> dict[str, Any]:
         ({"user_id": "u", "candidates": "tips"}, "candidates"),
         ({"user_id": "u", "candidates": [{"tip_id": 12}]}, "candidates.0.tip_id"),
         ({"user_id": "u", "candidates": [{"category": "sleep"}]}, "candidates.0.tip_id"),
-        ({"user_id": "u", "candidates": [{"tip_id": "a", "source": "web"}]},
-         "candidates.0.source"),
+        ({"user_id": "u", "candidates": [{"tip_id": "a", "source": "web"}]}, "candidates.0.source"),
         ({"user_id": "u", "candidates": [{"tip_id": "a"}], "k": 0}, "k"),
         ({"user_id": "u", "candidates": [{"tip_id": "a"}], "k": "two"}, "k"),
-        ({"user_id": "u", "candidates": [{"tip_id": "a"}], "context": {"ts": "yesterday"}},
-         "context.ts"),
+        (
+            {"user_id": "u", "candidates": [{"tip_id": "a"}], "context": {"ts": "yesterday"}},
+            "context.ts",
+        ),
         ({"user_id": "u", "candidates": [{"tip_id": "a"}], "surprise": 1}, "surprise"),
-        ({"user_id": "u", "candidates": [{"tip_id": "a"}], "profile_features": [1]},
-         "profile_features"),
+        (
+            {"user_id": "u", "candidates": [{"tip_id": "a"}], "profile_features": [1]},
+            "profile_features",
+        ),
     ],
 )
-def test_bad_input_is_422_naming_the_field(client: TestClient, payload: dict[str, Any],
-                                           field: str) -> None:
+def test_bad_input_is_422_naming_the_field(
+    client: TestClient, payload: dict[str, Any], field: str
+) -> None:
     err(client.post("/score", json=payload, headers=AUTH), 422, field)
 
 
 def test_duplicate_tip_ids_name_the_duplicate(client: TestClient) -> None:
     payload = {"user_id": "u", "candidates": [{"tip_id": "a"}, {"tip_id": "b"}, {"tip_id": "a"}]}
     data = err(client.post("/score", json=payload, headers=AUTH), 422, "candidates.2.tip_id")
-    assert "'a'" in data["detail"] and "candidates.0" in data["detail"]
+    assert "'a'" in data["detail"]
+    assert "candidates.0" in data["detail"]
 
 
 def test_too_many_candidates(tmp_path: Any, gateway_file: Any) -> None:
@@ -117,10 +124,12 @@ def test_too_many_candidates(tmp_path: Any, gateway_file: Any) -> None:
         ({"notifications_enabled": 1}, "profile_features.notifications_enabled"),
     ],
 )
-def test_bad_profile_feature_is_422_naming_it(client: TestClient, features: dict[str, Any],
-                                              field: str) -> None:
-    data = err(client.post("/score", json=body(2, profile_features=features), headers=AUTH),
-               422, field)
+def test_bad_profile_feature_is_422_naming_it(
+    client: TestClient, features: dict[str, Any], field: str
+) -> None:
+    data = err(
+        client.post("/score", json=body(2, profile_features=features), headers=AUTH), 422, field
+    )
     assert data["error"] == "invalid_profile_feature"
 
 
@@ -135,15 +144,15 @@ def test_unknown_profile_features_are_ignored_and_counted(client: TestClient) ->
 
 def test_missing_and_null_profile_features_are_treated_as_missing(client: TestClient) -> None:
     a = client.post("/score", json=body(2, profile_features=None), headers=AUTH)
-    b = client.post("/score", json=body(2, profile_features={"preferred_hour": None}),
-                    headers=AUTH)
+    b = client.post("/score", json=body(2, profile_features={"preferred_hour": None}), headers=AUTH)
     assert a.status_code == b.status_code == 200
     assert [r["score"] for r in a.json()["results"]] == [r["score"] for r in b.json()["results"]]
 
 
 def test_malformed_json_is_422(client: TestClient) -> None:
-    resp = client.post("/score", content=b'{"user_id": ', headers={**AUTH,
-                       "content-type": "application/json"})
+    resp = client.post(
+        "/score", content=b'{"user_id": ', headers={**AUTH, "content-type": "application/json"}
+    )
     data = err(resp, 422, "body")
     assert "JSON" in data["detail"]
 
@@ -158,16 +167,21 @@ def test_body_size_limit(tmp_path: Any, gateway_file: Any) -> None:
             for _ in range(10):
                 yield b" " * 512
 
-        streamed = c.post("/score", content=chunks(), headers={**AUTH,
-                          "content-type": "application/json"})
+        streamed = c.post(
+            "/score", content=chunks(), headers={**AUTH, "content-type": "application/json"}
+        )
         assert streamed.status_code == 413
         assert streamed.json()["error"] == "payload_too_large"
 
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": "Basic abc"},
-     {"Authorization": "Bearer"}],
+    [
+        {},
+        {"Authorization": "Bearer wrong-token-wrong-token"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer"},
+    ],
 )
 def test_auth_required(client: TestClient, headers: dict[str, str]) -> None:
     data = err(client.post("/score", json=body(2), headers=headers), 401, "authorization")

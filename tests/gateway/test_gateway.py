@@ -33,24 +33,29 @@ async def test_completion_route(gateway_file: GatewayFile, stub_llm: StubLLM) ->
 async def test_chat_route(gateway_file: GatewayFile, stub_llm: StubLLM) -> None:
     gateway = LiteLLMGateway(load_gateway_config(gateway_file("say:Drink_water.", mode="chat")))
     assert gateway.mode == "chat"
-    result = await gateway.complete(messages=[{"role": "user", "content": "hi"}], params=PARAMS,
-                                    deadline_s=3)
+    result = await gateway.complete(
+        messages=[{"role": "user", "content": "hi"}], params=PARAMS, deadline_s=3
+    )
     assert result.text == "Drink water."
     await gateway.aclose()
 
 
-async def test_retries_recover_a_flaky_provider(gateway_file: GatewayFile,
-                                                stub_llm: StubLLM) -> None:
+async def test_retries_recover_a_flaky_provider(
+    gateway_file: GatewayFile, stub_llm: StubLLM
+) -> None:
     result = await complete(gateway_file("flaky-1", num_retries=1), deadline_s=10)
     assert result.text == stub_llm.text  # type: ignore[attr-defined]
     assert stub_llm.calls["flaky-1"] == 2
 
 
-async def test_fallback_route_answers_when_primary_fails(gateway_file: GatewayFile,
-                                                         stub_llm: StubLLM) -> None:
-    path = gateway_file("error-503", extra_routes=[stub_route(stub_llm, "backup",
-                                                              "say:From_the_backup.")],
-                        fallbacks=[{"tip-writer": ["backup"]}])
+async def test_fallback_route_answers_when_primary_fails(
+    gateway_file: GatewayFile, stub_llm: StubLLM
+) -> None:
+    path = gateway_file(
+        "error-503",
+        extra_routes=[stub_route(stub_llm, "backup", "say:From_the_backup.")],
+        fallbacks=[{"tip-writer": ["backup"]}],
+    )
     result = await complete(path, deadline_s=10)
     assert result.text == "From the backup."  # type: ignore[attr-defined]
 
@@ -66,7 +71,10 @@ async def test_fallback_route_answers_when_primary_fails(gateway_file: GatewayFi
     ],
 )
 async def test_failures_raise_one_error_within_the_deadline(
-    gateway_file: GatewayFile, stub_llm: StubLLM, behaviour: str, reason: str,
+    gateway_file: GatewayFile,
+    stub_llm: StubLLM,
+    behaviour: str,
+    reason: str,
     route_timeout: float,
 ) -> None:
     path = gateway_file(behaviour, timeout=route_timeout)
@@ -100,12 +108,19 @@ async def test_unreachable_provider(tmp_path: Path) -> None:
         ("- just a list", "expected a mapping"),
         ("model_list: [{litellm_params: {model: x}}]", "needs model_name"),
         ("model_list: [{model_name: a}]", "litellm_params.model"),
-        ("default_route: b\nmodel_list: [{model_name: a, litellm_params: {model: x}}]",
-         "default_route 'b'"),
-        ("model_list: [{model_name: a, litellm_params: {model: x}}]\n"
-         "router_settings: {fallbacks: [{a: [zzz]}]}", "fallback target 'zzz'"),
-        ("model_list: [{model_name: a, litellm_params: {model: x, api_key: '${NOPE_VAR}'}}]",
-         "NOPE_VAR is not set"),
+        (
+            "default_route: b\nmodel_list: [{model_name: a, litellm_params: {model: x}}]",
+            "default_route 'b'",
+        ),
+        (
+            "model_list: [{model_name: a, litellm_params: {model: x}}]\n"
+            "router_settings: {fallbacks: [{a: [zzz]}]}",
+            "fallback target 'zzz'",
+        ),
+        (
+            "model_list: [{model_name: a, litellm_params: {model: x, api_key: '${NOPE_VAR}'}}]",
+            "NOPE_VAR is not set",
+        ),
         ("model_list: [", "not valid YAML"),
     ],
 )

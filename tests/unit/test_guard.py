@@ -9,8 +9,7 @@ EXAMPLES = ("Take a brisk five-minute walk before your next meeting.",)
 
 
 def run(text: str, max_chars: int = 120):  # type: ignore[no-untyped-def]
-    return check(text, max_chars=max_chars, canary="zx-c", system_text=SYSTEM,
-                 examples=EXAMPLES)
+    return check(text, max_chars=max_chars, canary="zx-c", system_text=SYSTEM, examples=EXAMPLES)
 
 
 @pytest.mark.parametrize(
@@ -50,8 +49,10 @@ def test_accepts_clean_tips(raw: str, clean: str) -> None:
         ("Use `sleep` mode on your phone tonight.", "markdown"),
         ("Drink water. Then take a walk outside.", "multiple_sentences"),
         ("Remember zx-c and take a walk today.", "prompt_echo"),
-        ("Here are short, warm, practical wellbeing tips written for one person each.",
-         "prompt_echo"),
+        (
+            "Here are short, warm, practical wellbeing tips written for one person each.",
+            "prompt_echo",
+        ),
         ("Take a brisk five-minute walk before your next meeting.", "copied_example"),
     ],
 )
@@ -62,6 +63,8 @@ def test_rejects_with_a_named_reason(raw: str, reason: str) -> None:
 
 
 def test_echo_needs_a_long_shared_run() -> None:
-    assert echoes("one two three four five six seven eight", "zero one two three four five "
-                  "six seven eight nine")
+    assert echoes(
+        "one two three four five six seven eight",
+        "zero one two three four five six seven eight nine",
+    )
     assert not echoes("one two three four five six seven", "one two three four five six seven")

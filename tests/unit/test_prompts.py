@@ -13,9 +13,15 @@ PINNED = {
     "v2": "e212f3aa6b89c60e45e6e3965dd09a950c33ce3c555731c1134cc09ca22e724e",
 }
 
-CTX = PromptContext(topic="sleep", local_hour=22, day_part="late evening", weekday="Friday",
-                    facts=("usually active around 22:00", "on a 3-day streak"), max_chars=120,
-                    locale="en")
+CTX = PromptContext(
+    topic="sleep",
+    local_hour=22,
+    day_part="late evening",
+    weekday="Friday",
+    facts=("usually active around 22:00", "on a 3-day streak"),
+    max_chars=120,
+    locale="en",
+)
 
 
 @pytest.mark.parametrize("key", sorted(PINNED))
@@ -38,7 +44,8 @@ def test_unknown_version_names_known_ones_and_the_source() -> None:
     with pytest.raises(UnknownPromptVersion) as info:
         resolve_version("v7", "v1")
     assert info.value.field == "prompt_version"
-    assert "v1" in info.value.detail and "v2" in info.value.detail
+    assert "v1" in info.value.detail
+    assert "v2" in info.value.detail
     with pytest.raises(UnknownPromptVersion) as info:
         resolve_version(None, "nope")
     assert info.value.field == "DEFAULT_PROMPT_VERSION"
@@ -60,7 +67,8 @@ def test_completion_prompt_is_few_shot_and_ends_open(key: str) -> None:
 def test_chat_messages(key: str) -> None:
     messages = VERSIONS[key].render_chat(CTX)
     assert messages[0]["role"] == "system"
-    assert messages[-1]["role"] == "user" and "sleep" in messages[-1]["content"]
+    assert messages[-1]["role"] == "user"
+    assert "sleep" in messages[-1]["content"]
     assert len(messages) == 2 + 2 * len(VERSIONS[key].examples)
 
 
@@ -69,21 +77,27 @@ def test_fallback_is_deterministic_and_fits(key: str) -> None:
     version = VERSIONS[key]
     first = version.render_fallback(CTX)
     assert first == version.render_fallback(CTX)
-    assert first and len(first) <= CTX.max_chars
+    assert first
+    assert len(first) <= CTX.max_chars
     short = PromptContext(**{**CTX.__dict__, "max_chars": 20, "topic": "unknown-topic"})
     assert len(version.render_fallback(short)) <= 20
 
 
 def test_a_version_must_declare_exactly_its_variables() -> None:
-    base = dict(key="vx", description="", system=f"s {CANARY}", examples=(),
-                fallback={"default": "x"})
+    base = dict(
+        key="vx", description="", system=f"s {CANARY}", examples=(), fallback={"default": "x"}
+    )
     with pytest.raises(ValueError, match="declares"):
         PromptVersion(user_template="{topic} {facts}", variables=("topic",), **base)
     with pytest.raises(ValueError, match="unknown variables"):
         PromptVersion(user_template="{secret}", variables=("secret",), **base)
     with pytest.raises(ValueError, match="canary"):
-        PromptVersion(**{**base, "system": "no canary"}, user_template="{topic}",
-                      variables=("topic",))
-    ok = PromptVersion(user_template="T: {topic}", variables=("topic",),
-                       **{**base, "examples": (FewShot("a", "b", "c", "d"),)})
+        PromptVersion(
+            **{**base, "system": "no canary"}, user_template="{topic}", variables=("topic",)
+        )
+    ok = PromptVersion(
+        user_template="T: {topic}",
+        variables=("topic",),
+        **{**base, "examples": (FewShot("a", "b", "c", "d"),)},
+    )
     assert ok.render_user(CTX) == "T: sleep"

@@ -40,8 +40,14 @@ def test_smoothed_reward_rate_shrinks_to_the_prior() -> None:
 
 
 def test_feature_matrix_columns() -> None:
-    profile = validate_profile({"favorite_category": "sleep", "preferred_hour": 8,
-                                "completion_rate": 0.4, "notifications_enabled": True})
+    profile = validate_profile(
+        {
+            "favorite_category": "sleep",
+            "preferred_hour": 8,
+            "completion_rate": 0.4,
+            "notifications_enabled": True,
+        }
+    )
     x = feature_matrix(cands("sleep", "focus", None), profile, 8, {})
     assert x.shape == (3, len(FEATURE_NAMES))
     assert x[:, COLUMN["category_match"]][:2].tolist() == [1.0, 0.0]
@@ -49,7 +55,8 @@ def test_feature_matrix_columns() -> None:
     assert np.all(x[:, COLUMN["hour_match"]] == 1.0)
     assert np.all(x[:, COLUMN["profile_completion_rate"]] == 0.4)
     assert np.isnan(x[0, COLUMN["profile_streak_days"]])  # missing stays missing
-    assert x[0, COLUMN["category_is_sleep"]] == 1.0 and x[1, COLUMN["category_is_sleep"]] == 0
+    assert x[0, COLUMN["category_is_sleep"]] == 1.0
+    assert x[1, COLUMN["category_is_sleep"]] == 0
 
 
 def test_baseline_prefers_reward_then_category() -> None:
@@ -74,8 +81,11 @@ def _train_booster(path: Path, names: list[str]) -> Path:
     rng = np.random.default_rng(0)
     x = rng.random((400, len(names)))
     y = (x[:, 0] > 0.5).astype(float)  # the label follows the first named feature
-    booster = lightgbm.train({"objective": "binary", "verbose": -1, "num_leaves": 4},
-                             lightgbm.Dataset(x, y, feature_name=names), num_boost_round=10)
+    booster = lightgbm.train(
+        {"objective": "binary", "verbose": -1, "num_leaves": 4},
+        lightgbm.Dataset(x, y, feature_name=names),
+        num_boost_round=10,
+    )
     booster.save_model(str(path))
     return path
 
@@ -107,6 +117,7 @@ def test_lightgbm_refuses_garbage_and_missing_files(tmp_path: Path) -> None:
 
 # -- one contract over every Scorer implementation -----------------------------------------
 
+
 def _baseline(tmp_path: Path) -> Scorer:
     return BaselineScorer()
 
@@ -122,8 +133,10 @@ def test_scorer_contract(factory: Callable[[Path], Scorer], tmp_path: Path) -> N
     assert scorer.version
     rng = np.random.default_rng(1)
     candidates = [Candidate(f"t{i}", CATEGORIES[i % len(CATEGORIES)]) for i in range(100)]
-    stats = {f"t{i}": TipStats(int(rng.integers(0, 50)), float(rng.random() * 10))
-             for i in range(0, 100, 3)}
+    stats = {
+        f"t{i}": TipStats(int(rng.integers(0, 50)), float(rng.random() * 10))
+        for i in range(0, 100, 3)
+    }
     profile = validate_profile({"preferred_hour": 9, "favorite_category": "sleep"})
     x = feature_matrix(candidates, profile, 10, stats)
     scores = scorer.score(x)

@@ -10,8 +10,13 @@ TOKEN = "a-long-enough-token-123"
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TIPML_API_TOKENS", "TIPML_DEV", "DEFAULT_PROMPT_VERSION", "TIPML_SCORER",
-                 "TIPML_MODEL_PATH"):
+    for name in (
+        "TIPML_API_TOKENS",
+        "TIPML_DEV",
+        "DEFAULT_PROMPT_VERSION",
+        "TIPML_SCORER",
+        "TIPML_MODEL_PATH",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -52,8 +57,9 @@ def test_default_prompt_version_uses_the_contract_name(monkeypatch: pytest.Monke
         ({"TIPML_LOG_LEVEL": "LOUD"}, "log_level"),
     ],
 )
-def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
-                                     message: str) -> None:
+def test_bad_values_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
     monkeypatch.setenv("TIPML_API_TOKENS", TOKEN)
     for key, value in env.items():
         monkeypatch.setenv(key, value)

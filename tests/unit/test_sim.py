@@ -30,7 +30,8 @@ def test_reactions_follow_hidden_preferences() -> None:
     worst = min(user.affinity, key=lambda c: user.affinity[c])
     at_peak = datetime(2026, 11, 27, 12, tzinfo=UTC)
     probs = user.reaction_probs(best, at_peak)
-    assert abs(sum(probs.values()) - 1.0) < 1e-9 and min(probs.values()) >= 0
+    assert abs(sum(probs.values()) - 1.0) < 1e-9
+    assert min(probs.values()) >= 0
     assert user.expected_reward(best, at_peak) > user.expected_reward(worst, at_peak)
     rng = random.Random(1)
     good = Counter(user.react(best, at_peak, rng) for _ in range(2000))

@@ -15,8 +15,14 @@ from zoneinfo import ZoneInfo
 
 from tipml.features.profile_schema import ValidatedProfile
 
-_DAY_PARTS = ((5, "early morning"), (9, "morning"), (12, "midday"), (14, "afternoon"),
-              (18, "evening"), (22, "late evening"))
+_DAY_PARTS = (
+    (5, "early morning"),
+    (9, "morning"),
+    (12, "midday"),
+    (14, "afternoon"),
+    (18, "evening"),
+    (22, "late evening"),
+)
 
 
 def local_time(ts: datetime | None, profile: ValidatedProfile) -> datetime:

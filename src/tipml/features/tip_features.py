@@ -60,6 +60,7 @@ class TipStatsView:
     def replace(self, stats: Mapping[str, TipStats]) -> None:
         self._current = dict(stats)
 
+
 _PROFILE_NUMERIC = (
     "completion_rate",
     "dismiss_rate",

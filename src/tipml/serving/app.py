@@ -61,8 +61,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
             msg = str(err.get("msg", "invalid"))
         fields.append(where)
         problems.append(f"{where}: {msg}")
-    return _error(422, "invalid_request", "; ".join(problems),
-                  fields[0] if fields else None)
+    return _error(422, "invalid_request", "; ".join(problems), fields[0] if fields else None)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:

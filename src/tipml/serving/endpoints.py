@@ -40,8 +40,9 @@ def require_token(request: Request, runtime: RuntimeDep) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented:
-        raise Unauthorized("authorization: expected 'Authorization: Bearer <token>'",
-                           field="authorization")
+        raise Unauthorized(
+            "authorization: expected 'Authorization: Bearer <token>'", field="authorization"
+        )
     given = presented.strip().encode()
     matched = False
     for token in tokens:
@@ -58,15 +59,25 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.post("/score", response_model=ScoreResponse, responses=_ERRORS,
-             dependencies=[Authorized], tags=["recommender"])
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    responses=_ERRORS,
+    dependencies=[Authorized],
+    tags=["recommender"],
+)
 async def score(body: ScoreRequest, runtime: RuntimeDep) -> ScoreResponse:
     """Rank candidate tips for a user; every candidate gets a score, rank and propensity."""
     return runtime.score_service.score(body)
 
 
-@router.post("/generate", response_model=GenerateResponse, responses=_ERRORS,
-             dependencies=[Authorized], tags=["recommender"])
+@router.post(
+    "/generate",
+    response_model=GenerateResponse,
+    responses=_ERRORS,
+    dependencies=[Authorized],
+    tags=["recommender"],
+)
 async def generate(body: GenerateRequest, runtime: RuntimeDep) -> GenerateResponse:
     """Write one personalised tip with the LLM; falls back to a deterministic template
     (``fallback: true``) on any LLM problem — never a 5xx for that."""
@@ -79,21 +90,24 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=ReadyResponse, tags=["ops"],
-            responses={503: {"model": ReadyResponse}})
+@router.get(
+    "/readyz", response_model=ReadyResponse, tags=["ops"], responses={503: {"model": ReadyResponse}}
+)
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     """Ready to take traffic: the scorer is loaded and the LLM gateway's routes are up."""
     state = runtime.gateway_state
     components = {
         "scorer": ComponentStatus(ok=True, detail=f"{runtime.scorer.version} loaded"),
-        "gateway": ComponentStatus(ok=state.status == "ready",
-                                   detail=f"{state.status}: {state.detail}"),
+        "gateway": ComponentStatus(
+            ok=state.status == "ready", detail=f"{state.status}: {state.detail}"
+        ),
     }
     if state.local_llm is not None:
         components["local_llm"] = ComponentStatus(
             ok=state.local_llm.running,
             detail=("llama.cpp server running at " + state.local_llm.api_base)
-            if state.local_llm.running else "llama.cpp server is not running",
+            if state.local_llm.running
+            else "llama.cpp server is not running",
         )
     ready = all(c.ok for c in components.values())
     body = ReadyResponse(ready=ready, components=components)

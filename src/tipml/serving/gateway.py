@@ -100,8 +100,10 @@ def load_gateway_config(path: Path, env: Mapping[str, str] | None = None) -> Gat
     names = {e["model_name"] for e in model_list}
     default_route = str(raw.get("default_route") or model_list[0]["model_name"])
     if default_route not in names:
-        raise ConfigError(f"gateway config {path}: default_route {default_route!r} is not "
-                          f"a model_name (have: {', '.join(sorted(names))})")
+        raise ConfigError(
+            f"gateway config {path}: default_route {default_route!r} is not "
+            f"a model_name (have: {', '.join(sorted(names))})"
+        )
     settings = raw.get("router_settings") or {}
     if not isinstance(settings, dict):
         raise ConfigError(f"gateway config {path}: router_settings must be a mapping")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_URL = re.compile(r"(?i)\b(?:https?://|ftp://|www\.)\S+|\b[a-z0-9-]+\.(?:com|org|net|io|ai|co|app|"
-                  r"ly|me|info|biz|dev|xyz|de|uk|fr)\b(?:/\S*)?")
+_URL = re.compile(
+    r"(?i)\b(?:https?://|ftp://|www\.)\S+|\b[a-z0-9-]+\.(?:com|org|net|io|ai|co|app|"
+    r"ly|me|info|biz|dev|xyz|de|uk|fr)\b(?:/\S*)?"
+)
 _EMAIL = re.compile(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b")
 _PHONE_RUN = re.compile(r"\+?\(?\d[\d\s().-]{5,}\d")
 _HTML = re.compile(r"<\s*/?\s*[a-zA-Z][^>]*>|&(?:[a-z]+|#\d+);")

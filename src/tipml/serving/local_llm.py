@@ -57,20 +57,32 @@ class LocalLLM:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(self.model_path),
-            "--model_alias", MODEL_ALIAS,
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--n_threads", str(self.threads),
-            "--n_ctx", str(self.n_ctx),
-            "--verbose", "False",
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.model_path),
+            "--model_alias",
+            MODEL_ALIAS,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_threads",
+            str(self.threads),
+            "--n_ctx",
+            str(self.n_ctx),
+            "--verbose",
+            "False",
         ]
 
     def start(self) -> None:
         log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         self._proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            self.command(),
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
@@ -99,8 +111,10 @@ class LocalLLM:
         (llama.cpp reuses the cached prefix: the system text and few-shot examples)."""
         async with httpx.AsyncClient(timeout=30.0) as client:
             for prompt in prompts:
-                await client.post(f"{self.api_base}/completions",
-                                  json={"model": MODEL_ALIAS, "prompt": prompt, "max_tokens": 1})
+                await client.post(
+                    f"{self.api_base}/completions",
+                    json={"model": MODEL_ALIAS, "prompt": prompt, "max_tokens": 1},
+                )
 
     def stop(self) -> None:
         if self._proc is None:

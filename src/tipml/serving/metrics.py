@@ -14,38 +14,57 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "tipml_http_requests", "HTTP requests by route and status.",
-            ["route", "method", "status"], registry=r,
+            "tipml_http_requests",
+            "HTTP requests by route and status.",
+            ["route", "method", "status"],
+            registry=r,
         )
         self.latency = Histogram(
-            "tipml_http_request_seconds", "HTTP request latency by route.",
-            ["route"], buckets=_LATENCY_BUCKETS, registry=r,
+            "tipml_http_request_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.fallbacks = Counter(
-            "tipml_generate_fallbacks", "Generations answered with the fallback text, by reason.",
-            ["reason", "prompt_version"], registry=r,
+            "tipml_generate_fallbacks",
+            "Generations answered with the fallback text, by reason.",
+            ["reason", "prompt_version"],
+            registry=r,
         )
         self.generations = Counter(
-            "tipml_generations", "Generations by prompt version and outcome.",
-            ["prompt_version", "outcome"], registry=r,
+            "tipml_generations",
+            "Generations by prompt version and outcome.",
+            ["prompt_version", "outcome"],
+            registry=r,
         )
         self.llm_latency = Histogram(
-            "tipml_llm_request_seconds", "Latency of LLM calls through the gateway.",
-            ["route"], buckets=_LLM_BUCKETS, registry=r,
+            "tipml_llm_request_seconds",
+            "Latency of LLM calls through the gateway.",
+            ["route"],
+            buckets=_LLM_BUCKETS,
+            registry=r,
         )
         self.llm_tokens = Counter(
-            "tipml_llm_tokens", "Tokens used by LLM calls.", ["route", "kind"], registry=r,
+            "tipml_llm_tokens",
+            "Tokens used by LLM calls.",
+            ["route", "kind"],
+            registry=r,
         )
         self.unknown_features = Counter(
             "tipml_unknown_profile_features",
             "Profile features received that the schema does not know (ignored).",
-            ["feature"], registry=r,
+            ["feature"],
+            registry=r,
         )
         self.scored_candidates = Histogram(
-            "tipml_score_candidates", "Candidates per /score call.",
-            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000), registry=r,
+            "tipml_score_candidates",
+            "Candidates per /score call.",
+            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000),
+            registry=r,
         )
         self.gateway_ready = Gauge(
-            "tipml_gateway_ready", "1 when the LLM gateway is configured and reachable.",
+            "tipml_gateway_ready",
+            "1 when the LLM gateway is configured and reachable.",
             registry=r,
         )

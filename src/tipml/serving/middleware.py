@@ -50,8 +50,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int,
-                 log_requests: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, log_requests: bool
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
@@ -104,7 +105,7 @@ class RequestMiddleware:
             too_large: str | None = None
             app_receive = receive
             if length is not None and length > self.max_body:
-                too_large = f"body: {length} bytes is larger than the limit of {self.max_body} bytes"
+                too_large = f"body: {length} bytes is over the limit of {self.max_body} bytes"
             elif length is None and scope["method"] in ("POST", "PUT", "PATCH"):
                 # Chunked body of unknown size: buffer it (up to the limit) before the app runs.
                 buffered, too_large = await self._buffer(receive)
@@ -125,7 +126,11 @@ class RequestMiddleware:
             if self.log_requests and path not in ("/healthz", "/metrics"):
                 access_log.info(
                     "request",
-                    extra={"method": scope["method"], "path": scope["path"], "status": status,
-                           "ms": round(elapsed * 1000, 2)},
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "ms": round(elapsed * 1000, 2),
+                    },
                 )
             request_id_var.reset(token)

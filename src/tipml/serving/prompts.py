@@ -54,8 +54,10 @@ class PromptVersion:
     def __post_init__(self) -> None:
         used = {name for _, name, _, _ in string.Formatter().parse(self.user_template) if name}
         if used != set(self.variables):
-            raise ValueError(f"prompt {self.key}: template uses {sorted(used)}, "
-                             f"declares {sorted(self.variables)}")
+            raise ValueError(
+                f"prompt {self.key}: template uses {sorted(used)}, "
+                f"declares {sorted(self.variables)}"
+            )
         if not set(self.variables) <= set(CONTEXT_VARIABLES):
             raise ValueError(f"prompt {self.key}: unknown variables in {self.variables}")
         if "default" not in self.fallback:
@@ -85,8 +87,14 @@ class PromptVersion:
         return self.user_template.format(**{k: values[k] for k in self.variables})
 
     def _example_user(self, ex: FewShot, ctx: PromptContext) -> str:
-        values = {"topic": ex.topic, "facts": ex.facts, "day_part": ex.day_part,
-                  "weekday": "Tuesday", "local_hour": 9, "max_chars": ctx.max_chars}
+        values = {
+            "topic": ex.topic,
+            "facts": ex.facts,
+            "day_part": ex.day_part,
+            "weekday": "Tuesday",
+            "local_hour": 9,
+            "max_chars": ctx.max_chars,
+        }
         return self.user_template.format(**{k: values[k] for k in self.variables})
 
     def render_completion(self, ctx: PromptContext) -> str:
@@ -126,12 +134,24 @@ V1 = PromptVersion(
     user_template=_USER_V1,
     variables=("topic", "facts", "weekday", "day_part"),
     examples=(
-        FewShot("sleep", "usually active around 22:00; completes most tips (70%)", "evening",
-                "Try dimming the lights and putting your phone away thirty minutes before bed."),
-        FewShot("focus", "on a 4-day streak; engages most with focus tips", "morning",
-                "Pick the one task that matters most today and give it your first quiet hour."),
-        FewShot("movement", "completes some tips (40%)", "afternoon",
-                "Stand up and take a brisk five-minute walk before your next meeting."),
+        FewShot(
+            "sleep",
+            "usually active around 22:00; completes most tips (70%)",
+            "evening",
+            "Try dimming the lights and putting your phone away thirty minutes before bed.",
+        ),
+        FewShot(
+            "focus",
+            "on a 4-day streak; engages most with focus tips",
+            "morning",
+            "Pick the one task that matters most today and give it your first quiet hour.",
+        ),
+        FewShot(
+            "movement",
+            "completes some tips (40%)",
+            "afternoon",
+            "Stand up and take a brisk five-minute walk before your next meeting.",
+        ),
     ),
     fallback={
         "sleep": "This {day_part}, try winding down screen-free for thirty minutes before bed.",
@@ -156,12 +176,24 @@ V2 = PromptVersion(
     user_template="Focus area: {topic}. Context: {facts}. Now: {day_part}.",
     variables=("topic", "facts", "day_part"),
     examples=(
-        FewShot("sleep", "usually active around 23:00", "late evening",
-                "Set a 10-minute wind-down alarm and stop screens when it rings."),
-        FewShot("mindfulness", "completes few tips (15%)", "midday",
-                "Take 5 slow breaths before you open your next app."),
-        FewShot("nutrition", "is new to the app", "morning",
-                "Drink 1 full glass of water before your first coffee."),
+        FewShot(
+            "sleep",
+            "usually active around 23:00",
+            "late evening",
+            "Set a 10-minute wind-down alarm and stop screens when it rings.",
+        ),
+        FewShot(
+            "mindfulness",
+            "completes few tips (15%)",
+            "midday",
+            "Take 5 slow breaths before you open your next app.",
+        ),
+        FewShot(
+            "nutrition",
+            "is new to the app",
+            "morning",
+            "Drink 1 full glass of water before your first coffee.",
+        ),
     ),
     fallback={
         "sleep": "Stop screens 30 minutes before bed tonight.",

@@ -90,9 +90,12 @@ class Runtime:
                 if model_path is None:
                     model_path = await asyncio.to_thread(assemble_default_model, settings.data_dir)
                 settings.data_dir.mkdir(parents=True, exist_ok=True)
-                llm = LocalLLM(model_path, threads=settings.local_llm_threads,
-                               n_ctx=settings.local_llm_ctx,
-                               log_path=settings.data_dir / "local-llm.log")
+                llm = LocalLLM(
+                    model_path,
+                    threads=settings.local_llm_threads,
+                    n_ctx=settings.local_llm_ctx,
+                    log_path=settings.data_dir / "local-llm.log",
+                )
                 state.local_llm = llm
                 llm.start()
                 await llm.wait_ready(settings.local_llm_startup_s)
@@ -105,8 +108,10 @@ class Runtime:
             state.gateway = gateway
             state.status = "ready"
             where = " via local llama.cpp" if state.local_llm else ""
-            state.detail = (f"routes: {', '.join(gateway.routes)}; default "
-                            f"{config.default_route} ({config.mode}){where}")
+            state.detail = (
+                f"routes: {', '.join(gateway.routes)}; default "
+                f"{config.default_route} ({config.mode}){where}"
+            )
             self.metrics.gateway_ready.set(1)
             log.info("gateway ready", extra={"routes": gateway.routes})
         except asyncio.CancelledError:
@@ -132,8 +137,13 @@ def _warm_prompt(settings: Settings) -> str:
     from tipml.features.profile_schema import EMPTY_PROFILE
 
     version = resolve_version(None, settings.default_prompt_version)
-    ctx = build_context(topic="sleep", profile=EMPTY_PROFILE, ts=None,
-                        max_chars=settings.generate_max_chars, locale=None)
+    ctx = build_context(
+        topic="sleep",
+        profile=EMPTY_PROFILE,
+        ts=None,
+        max_chars=settings.generate_max_chars,
+        locale=None,
+    )
     return version.render_completion(ctx)
 
 

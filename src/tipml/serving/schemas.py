@@ -49,8 +49,11 @@ class ScoreRequest(_Strict):
                         {"tip_id": "sleep-003", "category": "sleep"},
                         {"tip_id": "focus-011", "category": "focus", "tags": ["morning"]},
                     ],
-                    "profile_features": {"preferred_hour": 7, "completion_rate": 0.62,
-                                         "timezone": "Europe/Berlin"},
+                    "profile_features": {
+                        "preferred_hour": 7,
+                        "completion_rate": 0.62,
+                        "timezone": "Europe/Berlin",
+                    },
                     "context": {"ts": "2026-11-27T07:15:00Z", "platform": "ios"},
                     "k": 1,
                 }

@@ -56,12 +56,14 @@ class UnknownFeatureCounter:
                 label = "_other"
             self._seen.add(label)
             self._metrics.unknown_features.labels(label).inc()
-        log.info("unknown profile features ignored",
-                 extra={"route": route, "features": list(names)[:20]})
+        log.info(
+            "unknown profile features ignored", extra={"route": route, "features": list(names)[:20]}
+        )
 
 
-def _profile(raw: Mapping[str, object] | None, unknown: UnknownFeatureCounter,
-             route: str) -> ValidatedProfile:
+def _profile(
+    raw: Mapping[str, object] | None, unknown: UnknownFeatureCounter, route: str
+) -> ValidatedProfile:
     profile = validate_profile(raw)
     unknown.count(profile.unknown, route=route)
     return profile
@@ -150,8 +152,9 @@ class GenerateService:
         ceiling = self.settings.generate_max_chars
         max_chars = req.max_chars or ceiling
         if max_chars > ceiling:
-            raise InvalidRequest(f"max_chars: {max_chars} is above the maximum {ceiling}",
-                                 field="max_chars")
+            raise InvalidRequest(
+                f"max_chars: {max_chars} is above the maximum {ceiling}", field="max_chars"
+            )
         profile = _profile(req.profile_features, self._unknown, "/generate")
         ctx = build_context(
             topic=req.topic or req.category,
@@ -171,12 +174,14 @@ class GenerateService:
             try:
                 if gateway.mode == "completion":
                     result = await gateway.complete(
-                        prompt=version.render_completion(ctx), params=version.params,
+                        prompt=version.render_completion(ctx),
+                        params=version.params,
                         deadline_s=self.settings.generate_deadline_s,
                     )
                 else:
                     result = await gateway.complete(
-                        messages=version.render_chat(ctx), params=version.params,
+                        messages=version.render_chat(ctx),
+                        params=version.params,
                         deadline_s=self.settings.generate_deadline_s,
                     )
             except GatewayError as exc:
@@ -184,16 +189,21 @@ class GenerateService:
                 log.warning("llm call failed", extra={"reason": exc.reason, "error": exc.detail})
             else:
                 model = result.model
-                usage = Usage(prompt_tokens=result.prompt_tokens,
-                              completion_tokens=result.completion_tokens,
-                              total_tokens=result.prompt_tokens + result.completion_tokens)
+                usage = Usage(
+                    prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens,
+                    total_tokens=result.prompt_tokens + result.completion_tokens,
+                )
                 route = "default"
                 self.metrics.llm_latency.labels(route).observe(result.latency_s)
                 self.metrics.llm_tokens.labels(route, "prompt").inc(result.prompt_tokens)
                 self.metrics.llm_tokens.labels(route, "completion").inc(result.completion_tokens)
                 verdict = guard.check(
-                    result.text, max_chars=max_chars, canary=CANARY,
-                    system_text=version.system, examples=version.example_tips(),
+                    result.text,
+                    max_chars=max_chars,
+                    canary=CANARY,
+                    system_text=version.system,
+                    examples=version.example_tips(),
                 )
                 if result.finish_reason == "length" and verdict.ok:
                     verdict = guard.GuardResult(False, verdict.text, "truncated")
@@ -201,8 +211,10 @@ class GenerateService:
                     text = verdict.text
                 else:
                     reason = f"guard_{verdict.reason}"
-                    log.info("guard rejected llm text",
-                             extra={"reason": verdict.reason, "text": verdict.text[:300]})
+                    log.info(
+                        "guard rejected llm text",
+                        extra={"reason": verdict.reason, "text": verdict.text[:300]},
+                    )
         if reason is not None:
             text = version.render_fallback(ctx)
             self.metrics.fallbacks.labels(reason, version.key).inc()

@@ -58,8 +58,16 @@ class DriveReport:
 
 
 class Driver:
-    def __init__(self, base_url: str, token: str, *, users: int = 200, candidates: int = 40,
-                 generate_every: int = 4, seed: int = 7) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        users: int = 200,
+        candidates: int = 40,
+        generate_every: int = 4,
+        seed: int = 7,
+    ) -> None:
         self.base_url = base_url
         self.headers = {"Authorization": f"Bearer {token}"}
         self.users: list[SimUser] = make_users(users, seed)
@@ -72,8 +80,9 @@ class Driver:
         self.clock += timedelta(minutes=self.rng.randint(1, 15))
         return self.clock
 
-    async def _timed(self, client: httpx.AsyncClient, route: str, body: dict[str, object],
-                     report: DriveReport) -> dict[str, object] | None:
+    async def _timed(
+        self, client: httpx.AsyncClient, route: str, body: dict[str, object], report: DriveReport
+    ) -> dict[str, object] | None:
         started = time.perf_counter()
         resp = await client.post(route, json=body, headers=self.headers)
         elapsed = (time.perf_counter() - started) * 1000
@@ -92,8 +101,9 @@ class Driver:
         profile = user.profile_features(self.rng)
         body = {
             "user_id": user.user_id,
-            "candidates": [{"tip_id": t.tip_id, "category": t.category, "tags": list(t.tags)}
-                           for t in shown],
+            "candidates": [
+                {"tip_id": t.tip_id, "category": t.category, "tags": list(t.tags)} for t in shown
+            ],
             "profile_features": profile,
             "context": {"ts": ts.isoformat(), "platform": self.rng.choice(["ios", "android"])},
             "k": 5,
@@ -110,18 +120,32 @@ class Driver:
         report.reactions[reaction] += 1
         if n % self.generate_every == 0:
             version = "v1" if (n // self.generate_every) % 2 == 0 else "v2"
-            gen = await self._timed(client, "/generate", {
-                "user_id": user.user_id, "topic": top.category, "prompt_version": version,
-                "profile_features": profile, "context": {"ts": ts.isoformat()},
-                "max_chars": 160,
-            }, report)
+            gen = await self._timed(
+                client,
+                "/generate",
+                {
+                    "user_id": user.user_id,
+                    "topic": top.category,
+                    "prompt_version": version,
+                    "profile_features": profile,
+                    "context": {"ts": ts.isoformat()},
+                    "max_chars": 160,
+                },
+                report,
+            )
             if gen is not None:
                 report.prompt_versions[str(gen["prompt_version"])] += 1
                 if gen["fallback"]:
                     report.fallback_reasons[str(gen["fallback_reason"])] += 1
                 if len(report.samples) < 6:
-                    report.samples.append((str(gen["prompt_version"]), top.category,
-                                           bool(gen["fallback"]), str(gen["text"])))
+                    report.samples.append(
+                        (
+                            str(gen["prompt_version"]),
+                            top.category,
+                            bool(gen["fallback"]),
+                            str(gen["text"]),
+                        )
+                    )
 
     async def run(self, duration_s: float, concurrency: int = 4) -> DriveReport:
         report = DriveReport()

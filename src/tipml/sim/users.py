@@ -15,12 +15,22 @@ from zoneinfo import ZoneInfo
 
 from tipml.features.profile_schema import CATEGORIES
 
-TIMEZONES = ("Europe/Berlin", "America/New_York", "Asia/Tokyo", "Europe/London",
-             "America/Los_Angeles", "Australia/Sydney")
+TIMEZONES = (
+    "Europe/Berlin",
+    "America/New_York",
+    "Asia/Tokyo",
+    "Europe/London",
+    "America/Los_Angeles",
+    "Australia/Sydney",
+)
 
 # Reward per reaction, as the feedback consumer's configured table will map them.
 REACTION_REWARD: dict[str, float] = {
-    "completed": 1.0, "liked": 0.8, "snoozed": 0.2, "dismissed": 0.0, "reported": 0.0,
+    "completed": 1.0,
+    "liked": 0.8,
+    "snoozed": 0.2,
+    "dismissed": 0.0,
+    "reported": 0.0,
 }
 
 
@@ -65,8 +75,13 @@ class SimUser:
         liked = rest * 0.1 * like
         snoozed = rest * 0.15
         reported = rest * 0.005
-        return {"completed": completed, "liked": liked, "snoozed": snoozed,
-                "reported": reported, "dismissed": 1.0 - completed - liked - snoozed - reported}
+        return {
+            "completed": completed,
+            "liked": liked,
+            "snoozed": snoozed,
+            "reported": reported,
+            "dismissed": 1.0 - completed - liked - snoozed - reported,
+        }
 
     def expected_reward(self, category: str, ts: datetime) -> float:
         probs = self.reaction_probs(category, ts)

@@ -86,17 +86,29 @@ class StubLLM:
         return JSONResponse({"object": "list", "data": [{"id": "ok", "object": "model"}]})
 
     def _body(self, chat: bool, model: str, text: str) -> dict[str, Any]:
-        usage = {"prompt_tokens": 20, "completion_tokens": len(text.split()),
-                 "total_tokens": 20 + len(text.split())}
+        usage = {
+            "prompt_tokens": 20,
+            "completion_tokens": len(text.split()),
+            "total_tokens": 20 + len(text.split()),
+        }
         if chat:
-            choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": text}}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": text},
+            }
             kind = "chat.completion"
         else:
             choice = {"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}
             kind = "text_completion"
-        return {"id": "cmpl-stub", "object": kind, "created": int(time.time()),
-                "model": model, "choices": [choice], "usage": usage}
+        return {
+            "id": "cmpl-stub",
+            "object": kind,
+            "created": int(time.time()),
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+        }
 
     async def _handle(self, request: Request) -> Response:
         payload = orjson.loads(await request.body())
@@ -115,8 +127,9 @@ class StubLLM:
                 return Response(status_code=499)
         elif model.startswith("error-"):
             status = int(model[6:])
-            return JSONResponse({"error": {"message": f"stub {status}", "type": "stub"}},
-                                status_code=status)
+            return JSONResponse(
+                {"error": {"message": f"stub {status}", "type": "stub"}}, status_code=status
+            )
         elif model.startswith("flaky-") and self.calls[model] <= int(model[6:]):
             return JSONResponse({"error": {"message": "flaky", "type": "stub"}}, status_code=500)
         body = orjson.dumps(self._body(chat, model, text))
