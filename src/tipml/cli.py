@@ -116,7 +116,7 @@ def demo(
     port: Annotated[int, typer.Option(help="Port for the service.")] = 8000,
     keep_serving: Annotated[bool, typer.Option(help="Keep serving after the run.")] = False,
     users: Annotated[int, typer.Option(help="Simulated users.")] = 200,
-    concurrency: Annotated[int, typer.Option(help="Concurrent simulated clients.")] = 4,
+    concurrency: Annotated[int, typer.Option(help="Concurrent simulated clients.")] = 2,
 ) -> None:
     """Start the whole system on embedded defaults and drive it with the simulator."""
     from tipml.sim.driver import Driver, percentile

@@ -15,10 +15,11 @@ within ``deadline_s``; ``/generate`` turns it into the fallback text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -51,6 +52,7 @@ class GatewayConfig:
     model_list: list[dict[str, Any]]
     router_settings: dict[str, Any]
     uses_local_llm: bool
+    max_in_flight: int | None = None
 
     @property
     def mode(self) -> Mode:
@@ -111,7 +113,10 @@ def load_gateway_config(path: Path, env: Mapping[str, str] | None = None) -> Gat
         for target in (t for targets in dict(fallback).values() for t in targets):
             if target not in names:
                 raise ConfigError(f"gateway config {path}: fallback target {target!r} unknown")
-    return GatewayConfig(default_route, model_list, settings, uses_local)
+    max_in_flight = raw.get("max_in_flight")
+    if max_in_flight is not None and (not isinstance(max_in_flight, int) or max_in_flight < 1):
+        raise ConfigError(f"gateway config {path}: max_in_flight must be a positive integer")
+    return GatewayConfig(default_route, model_list, settings, uses_local, max_in_flight)
 
 
 def _mentions(node: object, needle: str) -> bool:
@@ -196,6 +201,8 @@ class LiteLLMGateway:
 
         self.config = config
         self._router = Router(model_list=config.model_list, **config.router_settings)
+        limit = config.max_in_flight
+        self._slots = asyncio.Semaphore(limit) if limit else None
 
     @property
     def mode(self) -> Mode:
@@ -216,7 +223,7 @@ class LiteLLMGateway:
         started = time.perf_counter()
         route = self.config.default_route
         try:
-            async with asyncio.timeout(deadline_s):
+            async with asyncio.timeout(deadline_s), self._slot():
                 if self.mode == "completion":
                     resp = await self._router.atext_completion(model=route, prompt=prompt, **params)
                     choice = resp.choices[0]
@@ -242,6 +249,17 @@ class LiteLLMGateway:
             completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             latency_s=time.perf_counter() - started,
         )
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """Wait (within the deadline) for one of ``max_in_flight`` slots. A request that
+        times out while queued never reaches the provider, so a slow local model is not
+        handed work nobody waits for any more."""
+        if self._slots is None:
+            yield
+            return
+        async with self._slots:
+            yield
 
     async def aclose(self) -> None:
         try:

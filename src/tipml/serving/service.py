@@ -186,7 +186,12 @@ class GenerateService:
                     )
             except GatewayError as exc:
                 reason = exc.reason
-                log.warning("llm call failed", extra={"reason": exc.reason, "error": exc.detail})
+                log.warning(
+                    "llm call failed: %s: %s",
+                    exc.reason,
+                    exc.detail,
+                    extra={"reason": exc.reason, "error": exc.detail},
+                )
             else:
                 model = result.model
                 usage = Usage(

@@ -65,7 +65,7 @@ class Driver:
         *,
         users: int = 200,
         candidates: int = 40,
-        generate_every: int = 4,
+        generate_every: int = 6,
         seed: int = 7,
     ) -> None:
         self.base_url = base_url
@@ -119,7 +119,8 @@ class Driver:
         reaction = user.react(top.category, ts, self.rng)
         report.reactions[reaction] += 1
         if n % self.generate_every == 0:
-            version = "v1" if (n // self.generate_every) % 2 == 0 else "v2"
+            # A sticky 50/50 split of users between the two prompt versions.
+            version = "v1" if int(user.user_id.rsplit("-", 1)[1]) % 2 == 0 else "v2"
             gen = await self._timed(
                 client,
                 "/generate",

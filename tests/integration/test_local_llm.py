@@ -1,0 +1,75 @@
+"""Real generation: Gemma 3 270M in llama.cpp, through LiteLLM, through the app. CI runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import AUTH, make_settings, wait_gateway
+from tipml.serving.app import create_app
+from tipml.serving.local_llm import MODEL_ALIAS
+from tipml.serving.runtime import Runtime
+from tipml.settings import DEFAULT_GATEWAY_CONFIG
+
+pytestmark = pytest.mark.llm
+
+
+@pytest.fixture(scope="module")
+def llm_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    tmp = tmp_path_factory.mktemp("llm")
+    settings = make_settings(tmp, gateway_config=DEFAULT_GATEWAY_CONFIG, generate_deadline_s=20)
+    with TestClient(create_app(settings)) as client:
+        ready = wait_gateway(client, timeout_s=180)
+        assert ready["ready"], ready
+        yield client
+
+
+def test_readyz_reports_the_local_model(llm_client: TestClient) -> None:
+    body = llm_client.get("/readyz").json()
+    assert body["components"]["local_llm"]["ok"] is True
+    assert "(completion) via local llama.cpp" in body["components"]["gateway"]["detail"]
+
+
+def test_generates_real_tips_with_the_local_model(llm_client: TestClient) -> None:
+    accepted: list[str] = []
+    for version in ("v1", "v2"):
+        for topic in ("sleep", "movement", "stress"):
+            resp = llm_client.post(
+                "/generate",
+                json={
+                    "user_id": "u-llm",
+                    "topic": topic,
+                    "prompt_version": version,
+                    "profile_features": {"preferred_hour": 21, "completion_rate": 0.7},
+                    "max_chars": 160,
+                },
+                headers=AUTH,
+            )
+            assert resp.status_code == 200
+            data = resp.json()
+            assert data["prompt_version"] == version
+            assert data["model"] == MODEL_ALIAS, data["fallback_reason"]  # a real answer ...
+            assert data["usage"]["completion_tokens"] > 0  # ... with real tokens
+            assert 0 < len(data["text"]) <= 160
+            if not data["fallback"]:
+                accepted.append(data["text"])
+            else:  # only the guard may turn a real answer into a fallback
+                assert data["fallback_reason"].startswith("guard_")
+    assert accepted, "the guard rejected every generated tip"
+    assert len(set(accepted)) == len(accepted) or len(accepted) == 1
+
+
+def test_the_llama_server_stops_with_the_app(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, gateway_config=DEFAULT_GATEWAY_CONFIG)
+    app = create_app(settings)
+    runtime: Runtime = app.state.runtime
+    with TestClient(app) as client:
+        wait_gateway(client, timeout_s=180)
+        llm = runtime.gateway_state.local_llm
+        assert llm is not None
+        assert llm.running
+    assert runtime.gateway_state.local_llm is not None
+    assert not runtime.gateway_state.local_llm.running
