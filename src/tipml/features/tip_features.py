@@ -113,19 +113,21 @@ def feature_matrix(
         value = profile.get_float(name)
         if value is not None:
             x[:, COLUMN[f"profile_{name}"]] = value
+    # Candidate-level columns, one vectorised assignment per column.
+    tips = [stats.get(c.tip_id, NO_STATS) for c in candidates]
+    impressions = np.array([t.impressions for t in tips], dtype=np.float64)
+    reward = np.array([t.reward_sum for t in tips], dtype=np.float64)
+    x[:, COLUMN["tip_reward_rate"]] = (reward + PRIOR_MEAN * PRIOR_STRENGTH) / (
+        impressions + PRIOR_STRENGTH
+    )
+    x[:, COLUMN["tip_log_impressions"]] = np.log1p(impressions)
+    x[:, COLUMN["is_generated"]] = [c.source == "generated" for c in candidates]
+    x[:, COLUMN["n_tags"]] = [len(c.tags) for c in candidates]
+    categories = np.array([c.category or "" for c in candidates], dtype=object)
+    known = categories != ""
+    for cat in CATEGORIES:
+        x[known, COLUMN[f"category_is_{cat}"]] = categories[known] == cat
     favorite = profile.get_str("favorite_category")
-    cat_cols = {c: COLUMN[f"category_is_{c}"] for c in CATEGORIES}
-    c_rate, c_imp = COLUMN["tip_reward_rate"], COLUMN["tip_log_impressions"]
-    c_match, c_gen, c_tags = COLUMN["category_match"], COLUMN["is_generated"], COLUMN["n_tags"]
-    for i, cand in enumerate(candidates):
-        tip = stats.get(cand.tip_id, NO_STATS)
-        x[i, c_rate] = tip.smoothed_rate()
-        x[i, c_imp] = np.log1p(tip.impressions)
-        x[i, c_gen] = 1.0 if cand.source == "generated" else 0.0
-        x[i, c_tags] = float(len(cand.tags))
-        if cand.category is not None:
-            for cat, col in cat_cols.items():
-                x[i, col] = 1.0 if cand.category == cat else 0.0
-            if favorite is not None:
-                x[i, c_match] = 1.0 if cand.category == favorite else 0.0
+    if favorite is not None:
+        x[known, COLUMN["category_match"]] = categories[known] == favorite
     return x

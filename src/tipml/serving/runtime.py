@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from dataclasses import dataclass, field
 
@@ -113,6 +114,7 @@ class Runtime:
                 f"{config.default_route} ({config.mode}){where}"
             )
             self.metrics.gateway_ready.set(1)
+            _freeze_heap()
             log.info("gateway ready", extra={"routes": gateway.routes})
         except asyncio.CancelledError:
             raise
@@ -130,6 +132,14 @@ class Runtime:
             await self.gateway_state.gateway.aclose()
         if self.gateway_state.local_llm is not None:
             await asyncio.to_thread(self.gateway_state.local_llm.stop)
+
+
+def _freeze_heap() -> None:
+    """Move everything allocated at start-up (LiteLLM alone is hundreds of thousands of
+    objects) out of the garbage collector's reach. Without this, every full collection walks
+    that heap and stalls a request for tens of milliseconds (seen as /score p99 spikes)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _warm_prompt(settings: Settings) -> str:

@@ -116,12 +116,15 @@ class ScoreService:
         scores = self.scorer.score(x)
         ranking = self.policy.rank(scores)
         k = min(req.k or len(candidates), len(candidates))
+        # Values are already validated: build the response models without re-validating.
+        score_list: list[float] = scores.tolist()
+        propensities: list[float] = ranking.propensities.tolist()
         results = [
-            ScoredTip(
+            ScoredTip.model_construct(
                 tip_id=candidates[i].tip_id,
-                score=float(scores[i]),
+                score=score_list[i],
                 rank=r + 1,
-                propensity=float(ranking.propensities[i]),
+                propensity=propensities[i],
             )
             for r, i in enumerate(ranking.order[:k].tolist())
         ]

@@ -40,9 +40,11 @@ def free_port() -> int:
 
 
 class StubLLM:
-    def __init__(self, text: str = "Take a short walk outside after lunch today.") -> None:
+    def __init__(
+        self, text: str = "Take a short walk outside after lunch today.", port: int = 0
+    ) -> None:
         self.text = text
-        self.port = free_port()
+        self.port = port or free_port()
         self.calls: Counter[str] = Counter()
         self._stop = asyncio.Event()
         app = Starlette(
@@ -142,3 +144,21 @@ class StubLLM:
 
             return StreamingResponse(drip(), media_type="application/json")
         return Response(body, media_type="application/json")
+
+
+def main() -> None:
+    """``python -m tipml.testing.stub_llm --port P``: serve the stub until interrupted."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    stub = StubLLM(port=args.port).start()
+    print(stub.api_base, flush=True)
+    signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    stub.stop()
+
+
+if __name__ == "__main__":
+    main()
