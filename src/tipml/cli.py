@@ -38,7 +38,6 @@ def _fail(exc: TipmlError) -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
 ) -> None:
     """Serve /score and /generate (FastAPI on uvicorn)."""
     import uvicorn
@@ -60,7 +59,6 @@ def serve(
         port=port,
         log_config=None,
         access_log=False,
-        workers=workers if workers > 1 else None,
         timeout_graceful_shutdown=10,
     )
 

@@ -181,3 +181,17 @@ def test_gateway_not_ready_serves_fallback_and_readyz_says_why(
             ).status_code
             == 200
         )
+
+
+def test_metrics_cover_requests_llm_latency_and_tokens(client: TestClient) -> None:
+    client.post("/generate", json={"user_id": "u", "topic": "sleep"}, headers=AUTH)
+    client.post("/score", json={"user_id": "u", "candidates": [{"tip_id": "a"}]}, headers=AUTH)
+    text = client.get("/metrics").text
+    assert 'tipml_http_requests_total{method="POST",route="/generate",status="200"} 1.0' in text
+    assert 'tipml_http_requests_total{method="POST",route="/score",status="200"} 1.0' in text
+    assert 'tipml_http_request_seconds_count{route="/score"} 1.0' in text
+    assert 'tipml_llm_request_seconds_count{route="tip-writer"} 1.0' in text
+    assert 'tipml_llm_tokens_total{kind="completion",route="tip-writer"} 8.0' in text
+    assert 'tipml_llm_tokens_total{kind="prompt",route="tip-writer"} 20.0' in text
+    assert 'tipml_generations_total{outcome="llm",prompt_version="v1"} 1.0' in text
+    assert "tipml_gateway_ready 1.0" in text

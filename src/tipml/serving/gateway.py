@@ -38,6 +38,7 @@ Mode = Literal["completion", "chat"]
 
 @dataclass(frozen=True)
 class LLMResult:
+    route: str  # the model group called (fallbacks included, LiteLLM reports the model)
     text: str
     model: str
     finish_reason: str | None
@@ -242,6 +243,7 @@ class LiteLLMGateway:
             raise GatewayError(f"{type(exc).__name__}: {exc}"[:300], reason=_reason(exc)) from exc
         usage = getattr(resp, "usage", None)
         return LLMResult(
+            route=route,
             text=text,
             model=str(getattr(resp, "model", None) or route),
             finish_reason=getattr(choice, "finish_reason", None),

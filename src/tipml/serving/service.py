@@ -202,7 +202,7 @@ class GenerateService:
                     completion_tokens=result.completion_tokens,
                     total_tokens=result.prompt_tokens + result.completion_tokens,
                 )
-                route = "default"
+                route = result.route
                 self.metrics.llm_latency.labels(route).observe(result.latency_s)
                 self.metrics.llm_tokens.labels(route, "prompt").inc(result.prompt_tokens)
                 self.metrics.llm_tokens.labels(route, "completion").inc(result.completion_tokens)
