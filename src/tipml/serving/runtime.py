@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 from tipml.errors import TipmlError
+from tipml.events.runtime import ALL_CONSUMERS, EventsRuntime
 from tipml.experiments.policies import Greedy
 from tipml.features.tip_features import TipStatsView
 from tipml.serving.gateway import LOCAL_LLM_VAR, LiteLLMGateway, LLMGateway, load_gateway_config
@@ -43,6 +44,7 @@ class Runtime:
     scorer: Scorer
     score_service: ScoreService
     generate_service: GenerateService
+    events: EventsRuntime
     gateway_state: GatewayState = field(default_factory=GatewayState)
     tip_stats: TipStatsView = field(default_factory=TipStatsView)
     _task: asyncio.Task[None] | None = None
@@ -54,12 +56,24 @@ class Runtime:
         chosen = scorer or build_scorer(settings)
         state = GatewayState()
         tip_stats = TipStatsView()
+        events = EventsRuntime(
+            settings,
+            metrics.registry,
+            consumers=ALL_CONSUMERS if settings.consumers == "inprocess" else (),
+            decisions=True,
+            tip_view=tip_stats,
+            name="tipml-serve",
+        )
+        assert events.decisions is not None
         runtime = cls(
             settings=settings,
             metrics=metrics,
             scorer=chosen,
-            score_service=ScoreService(settings, chosen, Greedy(), tip_stats, metrics),
-            generate_service=GenerateService(settings, lambda: state.gateway, metrics),
+            score_service=ScoreService(settings, chosen, Greedy(), tip_stats, metrics,
+                                       events.decisions),
+            generate_service=GenerateService(settings, lambda: state.gateway, metrics,
+                                             events.decisions),
+            events=events,
             gateway_state=state,
             tip_stats=tip_stats,
         )
@@ -68,6 +82,7 @@ class Runtime:
         return runtime
 
     async def start(self) -> None:
+        await self.events.start()
         self._task = asyncio.create_task(self._start_gateway(), name="tipml-gateway-start")
 
     async def wait_gateway(self, timeout_s: float) -> GatewayState:
@@ -132,6 +147,7 @@ class Runtime:
             await self.gateway_state.gateway.aclose()
         if self.gateway_state.local_llm is not None:
             await asyncio.to_thread(self.gateway_state.local_llm.stop)
+        await self.events.stop()
 
 
 def _freeze_heap() -> None:

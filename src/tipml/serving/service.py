@@ -12,6 +12,8 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from tipml.errors import GatewayError, InvalidRequest
 from tipml.experiments.policies import Policy
@@ -34,6 +36,17 @@ from tipml.serving.scoring import Scorer
 from tipml.settings import Settings
 
 log = logging.getLogger("tipml.serving")
+
+class DecisionSink(Protocol):
+    """Where every answer is logged (``events.decisions.DecisionLog``). ``record`` must not
+    block: it is called on the request path."""
+
+    def record(self, kind: str, decision_id: str, payload: dict[str, Any]) -> None: ...
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
 
 _FEATURE_LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MAX_UNKNOWN_LABELS = 200
@@ -77,12 +90,14 @@ class ScoreService:
         policy: Policy,
         tip_stats: TipStatsView,
         metrics: Metrics,
+        decisions: DecisionSink,
     ) -> None:
         self.settings = settings
         self.scorer = scorer
         self.policy = policy
         self.tip_stats = tip_stats
         self.metrics = metrics
+        self.decisions = decisions
         self._unknown = UnknownFeatureCounter(metrics)
 
     def _candidates(self, req: ScoreRequest) -> list[Candidate]:
@@ -129,12 +144,34 @@ class ScoreService:
             for r, i in enumerate(ranking.order[:k].tolist())
         ]
         self.metrics.scored_candidates.observe(len(candidates))
-        return ScoreResponse(
+        response = ScoreResponse(
             score_id=str(uuid.uuid4()),
             model_version=self.scorer.version,
             policy=self.policy.name,
             results=results,
         )
+        rank_of = {i: r + 1 for r, i in enumerate(ranking.order.tolist())}
+        self.decisions.record("score", response.score_id, {
+            "decision_id": response.score_id,
+            "kind": "score",
+            "user_id": req.user_id,
+            "ts": _now_iso(),
+            "request_ts": ts.isoformat() if ts else None,
+            "platform": req.context.platform if req.context else None,
+            "model_version": response.model_version,
+            "policy": response.policy,
+            "k": k,
+            "local_hour": hour,
+            "profile_features": dict(profile.values),
+            "unknown_features": list(profile.unknown),
+            # every candidate, not only the top k: off-policy evaluation needs them all
+            "candidates": [
+                {"tip_id": c.tip_id, "category": c.category, "source": c.source,
+                 "score": score_list[i], "propensity": propensities[i], "rank": rank_of[i]}
+                for i, c in enumerate(candidates)
+            ],
+        })
+        return response
 
 
 class GenerateService:
@@ -143,10 +180,12 @@ class GenerateService:
         settings: Settings,
         gateway: Callable[[], LLMGateway | None],
         metrics: Metrics,
+        decisions: DecisionSink,
     ) -> None:
         self.settings = settings
         self._gateway = gateway
         self.metrics = metrics
+        self.decisions = decisions
         self._unknown = UnknownFeatureCounter(metrics)
 
     async def generate(self, req: GenerateRequest) -> GenerateResponse:
@@ -227,7 +266,7 @@ class GenerateService:
             text = version.render_fallback(ctx)
             self.metrics.fallbacks.labels(reason, version.key).inc()
         self.metrics.generations.labels(version.key, "fallback" if reason else "llm").inc()
-        return GenerateResponse(
+        response = GenerateResponse(
             generation_id=str(uuid.uuid4()),
             text=text,
             prompt_version=version.key,
@@ -237,3 +276,20 @@ class GenerateService:
             usage=usage,
             latency_ms=round((time.perf_counter() - started) * 1000, 2),
         )
+        self.decisions.record("generate", response.generation_id, {
+            "decision_id": response.generation_id,
+            "kind": "generate",
+            "user_id": req.user_id,
+            "ts": _now_iso(),
+            "topic": ctx.topic,
+            "prompt_version": version.key,
+            "prompt_hash": version.content_hash,
+            "model": model,
+            "fallback": response.fallback,
+            "fallback_reason": reason,
+            "text": text,
+            "usage": usage.model_dump(),
+            "latency_ms": response.latency_ms,
+            "profile_features": dict(profile.values),
+        })
+        return response

