@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -26,6 +26,10 @@ app = typer.Typer(
 )
 prompts_app = typer.Typer(help="The prompt registry.", no_args_is_help=True)
 app.add_typer(prompts_app, name="prompts")
+dlq_app = typer.Typer(help="Dead letters of the JetStream consumers.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+features_app = typer.Typer(help="Online features.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
 console = Console(stderr=True)
 
 
@@ -188,6 +192,146 @@ def _print_report(report: object, percentile: object) -> None:
     for version, topic, fallback, text in report.samples:
         samples.add_row(version, topic, "yes" if fallback else "no", text)
     out.print(samples)
+
+
+def _settings() -> Any:
+    from tipml.settings import load_settings
+
+    try:
+        return load_settings()
+    except TipmlError as exc:
+        _fail(exc)
+
+
+async def _bus(settings: Any) -> Any:
+    from tipml.events.bus import connect, provision, running_url
+
+    url = running_url(settings)
+    if url is None:
+        raise TipmlError(
+            "no NATS server: set TIPML_NATS_URL, or run `tipml serve` with the "
+            "same TIPML_DATA_DIR (it starts the embedded server)"
+        )
+    return await provision(await connect(url, "tipml-cli"), settings)
+
+
+@app.command()
+def consume(
+    only: Annotated[str, typer.Option(help="Comma-separated: signals, feedback, archiver.")] = (
+        "signals,feedback,archiver"
+    ),
+    metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics (0: off).")] = 0,
+) -> None:
+    """Run the JetStream consumers until SIGINT/SIGTERM (graceful: finish, ack, write state)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from tipml.events.runtime import ALL_CONSUMERS, EventsRuntime
+    from tipml.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(ALL_CONSUMERS))
+    if unknown:
+        _fail(
+            TipmlError(
+                f"--only: unknown consumer(s) {', '.join(unknown)}; "
+                f"known: {', '.join(ALL_CONSUMERS)}"
+            )
+        )
+    registry = CollectorRegistry()
+    if metrics_port:
+        start_http_server(metrics_port, registry=registry)
+
+    async def run() -> None:
+        events = EventsRuntime(settings, registry, consumers=names, name="tipml-consume")
+        await events.start(wait=True)
+        console.print(f"consuming {', '.join(names)} from {events.url}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await events.stop()
+
+    try:
+        asyncio.run(run())
+    except TipmlError as exc:
+        _fail(exc)
+
+
+@dlq_app.command("list")
+def dlq_list(limit: Annotated[int, typer.Option(help="At most this many.")] = 1000) -> None:
+    """Print dead letters as JSON lines (oldest first)."""
+    import orjson
+
+    from tipml.events.dlq import dead_letters
+
+    async def run() -> None:
+        bus = await _bus(_settings())
+        async for seq, letter in dead_letters(bus, limit):
+            sys.stdout.write(orjson.dumps({"dlq_seq": seq, **letter}).decode() + "\n")
+        await bus.close()
+
+    try:
+        asyncio.run(run())
+    except TipmlError as exc:
+        _fail(exc)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    subject: Annotated[str, typer.Option(help="Only letters whose subject starts so.")] = "",
+) -> None:
+    """Re-publish dead letters to their original subjects (after a fix), then remove them."""
+    import orjson
+
+    from tipml.events.dlq import replay
+
+    async def run() -> None:
+        bus = await _bus(_settings())
+        for row in await replay(bus, subject_prefix=subject or None):
+            sys.stdout.write(orjson.dumps(row).decode() + "\n")
+        await bus.close()
+
+    try:
+        asyncio.run(run())
+    except TipmlError as exc:
+        _fail(exc)
+
+
+@features_app.command("get")
+def features_get(user_id: str) -> None:
+    """Print a user's online features (as of now) as JSON."""
+    import orjson
+
+    from tipml.events.bus import USER_FEATURES_BUCKET
+    from tipml.events.keyed import kv_key
+    from tipml.features.online import materialize
+
+    async def run() -> None:
+        bus = await _bus(_settings())
+        kv = await bus.kv(USER_FEATURES_BUCKET)
+        from nats.js.errors import KeyNotFoundError
+
+        try:
+            entry = await kv.get(kv_key(user_id))
+        except KeyNotFoundError:
+            await bus.close()
+            raise TipmlError(f"no online features for user {user_id!r}") from None
+        record = orjson.loads(entry.value or b"{}")
+        out = {
+            "user_id": user_id,
+            "revision": entry.revision,
+            "features": materialize(record["s"], time.time()),
+        }
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+        await bus.close()
+
+    try:
+        asyncio.run(run())
+    except TipmlError as exc:
+        _fail(exc)
 
 
 def main() -> None:

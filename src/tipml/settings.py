@@ -111,17 +111,20 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
-        if not self.api_tokens and not self.dev:
-            raise ValueError(
-                "no API token configured: set TIPML_API_TOKENS (comma-separated) "
-                "or TIPML_DEV=1 for local development"
-            )
         for token in self.api_tokens:
             if len(token.get_secret_value()) < 16 and not self.dev:
                 raise ValueError("every TIPML_API_TOKENS entry must be at least 16 characters")
         if self.scorer == "lightgbm" and self.model_path is None:
             raise ValueError("TIPML_SCORER=lightgbm needs TIPML_MODEL_PATH")
         return self
+
+    def check_serving(self) -> None:
+        """What serving needs on top of valid values: refuse to start without a token."""
+        if not self.api_tokens and not self.dev:
+            raise ConfigError(
+                "no API token configured: set TIPML_API_TOKENS (comma-separated) "
+                "or TIPML_DEV=1 for local development"
+            )
 
     def token_values(self) -> list[bytes]:
         return [t.get_secret_value().encode() for t in self.api_tokens]

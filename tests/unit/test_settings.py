@@ -22,9 +22,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_refuses_to_start_without_tokens_unless_dev(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="TIPML_API_TOKENS"):
-        load_settings()
+        load_settings().check_serving()
     monkeypatch.setenv("TIPML_DEV", "1")
-    assert load_settings().dev is True
+    load_settings().check_serving()
+    monkeypatch.delenv("TIPML_DEV")
+    monkeypatch.setenv("TIPML_API_TOKENS", TOKEN)
+    load_settings().check_serving()
 
 
 def test_tokens_are_comma_separated_and_secret(monkeypatch: pytest.MonkeyPatch) -> None:

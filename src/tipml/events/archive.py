@@ -30,20 +30,22 @@ import pyarrow.parquet as pq
 from tipml.events.bus import DECISIONS, FEEDBACK, SIGNALS
 from tipml.events.keyed import Item, WriteResult
 
-SCHEMA = pa.schema([
-    ("stream_seq", pa.int64()),
-    ("subject", pa.string()),
-    ("event_id", pa.string()),
-    ("user_id", pa.string()),
-    ("ts", pa.timestamp("us", tz="UTC")),
-    ("kind", pa.string()),
-    ("tip_id", pa.string()),
-    ("decision_id", pa.string()),
-    ("reaction", pa.string()),
-    ("prompt_version", pa.string()),
-    ("valid", pa.bool_()),
-    ("payload", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("stream_seq", pa.int64()),
+        ("subject", pa.string()),
+        ("event_id", pa.string()),
+        ("user_id", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("kind", pa.string()),
+        ("tip_id", pa.string()),
+        ("decision_id", pa.string()),
+        ("reaction", pa.string()),
+        ("prompt_version", pa.string()),
+        ("valid", pa.bool_()),
+        ("payload", pa.string()),
+    ]
+)
 _PART = re.compile(r"^part-(\d+)-(\d+)(?:-\d+)?\.parquet$")
 _FILTERS = {SIGNALS: "signals.>", FEEDBACK: "feedback.>", DECISIONS: "ml.>"}
 
@@ -107,13 +109,12 @@ class Archiver:
             "event_id": event_id,
             "user_id": _str(body.get("user_id")),
             "ts": ts,
-            "kind": _str(body.get("kind")) or (subject.removeprefix("signals.")
-                                               if subject.startswith("signals.") else None),
+            "kind": _str(body.get("kind"))
+            or (subject.removeprefix("signals.") if subject.startswith("signals.") else None),
             "tip_id": _str(body.get("tip_id")),
             "decision_id": _str(body.get("decision_id")),
-            "reaction": _str(body.get("reaction")) or (subject.removeprefix("feedback.")
-                                                       if subject.startswith("feedback.")
-                                                       else None),
+            "reaction": _str(body.get("reaction"))
+            or (subject.removeprefix("feedback.") if subject.startswith("feedback.") else None),
             "prompt_version": _str(body.get("prompt_version")),
             "valid": ok and ts is not None and event_id is not None,
             "payload": data.decode(errors="replace"),

@@ -79,18 +79,32 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         self._proc = subprocess.Popen(
-            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
-             "-sd", str(self.store_dir)],
-            stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+            [
+                nats_server_binary(),
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-sd",
+                str(self.store_dir),
+            ],
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise ConfigError(f"nats-server exited at start (code {self._proc.returncode}); "
-                                  f"is port {self.port} taken?")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+                raise ConfigError(
+                    f"nats-server exited at start (code {self._proc.returncode}); "
+                    f"is port {self.port} taken?"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
+                (self.store_dir.parent / "nats.url").write_text(self.url)
                 return self
             time.sleep(0.05)
         raise ConfigError(f"nats-server did not listen on {self.port} within {timeout_s:g} s")
@@ -102,6 +116,8 @@ class EmbeddedNats:
     def stop(self) -> None:
         if self._proc is None:
             return
+        with contextlib.suppress(OSError):
+            (self.store_dir.parent / "nats.url").unlink()
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -116,6 +132,23 @@ class EmbeddedNats:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def running_url(settings: Settings) -> str | None:
+    """The URL to reach: ``TIPML_NATS_URL``, else the embedded server a running ``tipml serve``
+    (same data dir) started, if it still listens."""
+    if settings.nats_url:
+        return settings.nats_url
+    path = settings.data_dir / "nats.url"
+    if not path.exists():
+        return None
+    url = path.read_text().strip()
+    host, _, port = url.removeprefix("nats://").partition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return url
+    except (OSError, ValueError):
+        return None
 
 
 async def connect(url: str, name: str) -> NATS:
@@ -157,16 +190,18 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     storage = StorageType.FILE if settings.stream_storage == "file" else StorageType.MEMORY
     out = []
     for name, subject in STREAM_SUBJECTS.items():
-        out.append(StreamConfig(
-            name=name,
-            subjects=[subject],
-            retention=RetentionPolicy.LIMITS,
-            discard=DiscardPolicy.OLD,
-            max_age=settings.dlq_max_age_s if name == DLQ else settings.stream_max_age_s,
-            duplicate_window=settings.duplicate_window_s,
-            storage=storage,
-            num_replicas=settings.stream_replicas,
-        ))
+        out.append(
+            StreamConfig(
+                name=name,
+                subjects=[subject],
+                retention=RetentionPolicy.LIMITS,
+                discard=DiscardPolicy.OLD,
+                max_age=settings.dlq_max_age_s if name == DLQ else settings.stream_max_age_s,
+                duplicate_window=settings.duplicate_window_s,
+                storage=storage,
+                num_replicas=settings.stream_replicas,
+            )
+        )
     return out
 
 
@@ -183,9 +218,14 @@ async def provision(nc: NATS, settings: Settings) -> Bus:
         try:
             await js.key_value(bucket)
         except NotFoundError:
-            await js.create_key_value(KeyValueConfig(
-                bucket=bucket, history=1, storage=storage, replicas=settings.stream_replicas,
-            ))
+            await js.create_key_value(
+                KeyValueConfig(
+                    bucket=bucket,
+                    history=1,
+                    storage=storage,
+                    replicas=settings.stream_replicas,
+                )
+            )
     return Bus(nc, js)
 
 

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 
 import orjson
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoServersError, TimeoutError as NatsTimeout
+from nats.errors import ConnectionClosedError, NoServersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import FetchTimeoutError
 
@@ -123,8 +124,9 @@ class ConsumerRunner:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.bus.js.add_consumer(self.handler.stream,
-                                       config=consumer_config(self.handler, self.settings))
+        await self.bus.js.add_consumer(
+            self.handler.stream, config=consumer_config(self.handler, self.settings)
+        )
         self._tasks = [
             asyncio.create_task(self._run(), name=f"consumer-{self.handler.name}"),
             asyncio.create_task(self._housekeeping(), name=f"state-{self.handler.name}"),
@@ -156,10 +158,11 @@ class ConsumerRunner:
         while not self._stop.is_set():
             try:
                 if sub is None:
-                    sub = await js.pull_subscribe_bind(durable=self.handler.name,
-                                                       stream=self.handler.stream)
+                    sub = await js.pull_subscribe_bind(
+                        durable=self.handler.name, stream=self.handler.stream
+                    )
                 msgs = await sub.fetch(self.settings.consumer_batch, timeout=self.fetch_timeout_s)
-            except (FetchTimeoutError, NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, FetchTimeoutError, NatsTimeout):
                 self._last_fetch = time.monotonic()
                 self.state.last_fetch_at = _now_iso()
                 continue
@@ -167,7 +170,7 @@ class ConsumerRunner:
                 self._error(f"fetch: {type(exc).__name__}: {exc}")
                 await asyncio.sleep(0.5)
                 continue
-            except Exception as exc:  # noqa: BLE001 - keep consuming through server hiccups
+            except Exception as exc:
                 self._error(f"fetch: {type(exc).__name__}: {exc}")
                 await asyncio.sleep(0.5)
                 continue
@@ -193,7 +196,7 @@ class ConsumerRunner:
         if valid:
             try:
                 result = await self.handler.handle([item for _, item in valid])
-            except Exception as exc:  # noqa: BLE001 - retried one by one below
+            except Exception as exc:
                 self._error(f"batch of {len(valid)}: {type(exc).__name__}: {exc}")
                 await self._one_by_one(valid)
             else:
@@ -204,7 +207,7 @@ class ConsumerRunner:
         for msg, item in valid:
             try:
                 result = await self.handler.handle([item])
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 await self._failed(msg, exc)
             else:
                 await self._ack([msg], result)
@@ -260,8 +263,15 @@ class ConsumerRunner:
         self.state.dead_lettered += 1
         self.state.last_acked_seq = max(self.state.last_acked_seq, seq)
         self.metrics.dead_letters.labels(self.handler.name, code).inc()
-        log.warning("dead-lettered", extra={"consumer": self.handler.name, "seq": seq,
-                                            "error": code, "detail": detail[:300]})
+        log.warning(
+            "dead-lettered",
+            extra={
+                "consumer": self.handler.name,
+                "seq": seq,
+                "error": code,
+                "detail": detail[:300],
+            },
+        )
 
     def _error(self, text: str) -> None:
         self.state.last_error = text[:500]
@@ -272,9 +282,10 @@ class ConsumerRunner:
 
     async def _refresh_info(self) -> None:
         try:
-            info = await self.bus.js.consumer_info(self.handler.stream, self.handler.name,
-                                                   timeout=2)
-        except Exception:  # noqa: BLE001 - reported through `connected`
+            info = await self.bus.js.consumer_info(
+                self.handler.stream, self.handler.name, timeout=2
+            )
+        except Exception:
             self.state.connected = self.bus.nc.is_connected
             return
         self.state.connected = True

@@ -112,9 +112,13 @@ class DecisionLog:
         async def one(item: Record) -> bool:
             subject, decision_id, payload = item
             try:
-                await js.publish(subject, payload, timeout=self.publish_timeout_s,
-                                 headers={"Nats-Msg-Id": decision_id})
-            except Exception as exc:  # noqa: BLE001 - kept and re-sent
+                await js.publish(
+                    subject,
+                    payload,
+                    timeout=self.publish_timeout_s,
+                    headers={"Nats-Msg-Id": decision_id},
+                )
+            except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 return False
             return True
@@ -137,9 +141,12 @@ class DecisionLog:
                 items = self._read_spill(path)
                 failed = await self._publish(js, items)
                 if failed:
-                    path.write_bytes(b"".join(
-                        orjson.dumps({"subject": s, "id": i, "payload": p.decode()}) + b"\n"
-                        for s, i, p in failed))
+                    path.write_bytes(
+                        b"".join(
+                            orjson.dumps({"subject": s, "id": i, "payload": p.decode()}) + b"\n"
+                            for s, i, p in failed
+                        )
+                    )
                     break
                 path.unlink()
             if not self._queue:

@@ -6,8 +6,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tipml.events.bus import FEEDBACK, SIGNALS, Bus, PROMPT_STATS_BUCKET, TIP_STATS_BUCKET, \
-    USER_FEATURES_BUCKET
+from tipml.events.bus import (
+    FEEDBACK,
+    PROMPT_STATS_BUCKET,
+    SIGNALS,
+    TIP_STATS_BUCKET,
+    USER_FEATURES_BUCKET,
+    Bus,
+)
 from tipml.events.consumer import group_by_key
 from tipml.events.keyed import Item, KeyedStore, WriteResult, kv_key
 from tipml.events.metrics import EventMetrics
@@ -58,16 +64,20 @@ class FeedbackHandler:
     stream = FEEDBACK
     filter_subject = "feedback.>"
 
-    def __init__(self, tips: KeyedStore[FeedbackEvent], prompts: KeyedStore[FeedbackEvent],
-                 rewards: RewardTable, metrics: EventMetrics) -> None:
+    def __init__(
+        self,
+        tips: KeyedStore[FeedbackEvent],
+        prompts: KeyedStore[FeedbackEvent],
+        rewards: RewardTable,
+        metrics: EventMetrics,
+    ) -> None:
         self.tips = tips
         self.prompts = prompts
         self.rewards = rewards
         self.metrics = metrics
 
     @classmethod
-    async def create(cls, bus: Bus, rewards: RewardTable, metrics: EventMetrics
-                     ) -> FeedbackHandler:
+    async def create(cls, bus: Bus, rewards: RewardTable, metrics: EventMetrics) -> FeedbackHandler:
         def fold(agg: Any, events: list[FeedbackEvent]) -> Any:
             return apply_feedback(agg, events, rewards)
 

@@ -65,10 +65,14 @@ class EventsRuntime:
         self.bus: Bus | None = None
         self.runners: list[ConsumerRunner] = []
         self.decisions = (
-            DecisionLog(settings.data_dir / "decisions-spill", self.metrics,
-                        buffer=settings.decision_buffer,
-                        spill_max_bytes=settings.decision_spill_max_bytes)
-            if decisions else None
+            DecisionLog(
+                settings.data_dir / "decisions-spill",
+                self.metrics,
+                buffer=settings.decision_buffer,
+                spill_max_bytes=settings.decision_spill_max_bytes,
+            )
+            if decisions
+            else None
         )
         self.status = "starting"
         self.detail = "connecting to NATS"
@@ -90,9 +94,11 @@ class EventsRuntime:
 
     async def start(self, *, wait: bool = False) -> None:
         if self.settings.nats_url is None:
-            self.embedded = EmbeddedNats(self.settings.data_dir / "nats",
-                                         port=self.settings.nats_port,
-                                         log_path=self.settings.data_dir / "nats-server.log")
+            self.embedded = EmbeddedNats(
+                self.settings.data_dir / "nats",
+                port=self.settings.nats_port,
+                log_path=self.settings.data_dir / "nats-server.log",
+            )
             await asyncio.to_thread(self.embedded.start)
         if self.decisions is not None:
             self.decisions.start(self._js)
@@ -105,15 +111,20 @@ class EventsRuntime:
         while self.nc is None:
             try:
                 self.nc = await connect(self.url, self.name)
-            except Exception as exc:  # noqa: BLE001 - keep trying; /readyz says why
+            except Exception as exc:
                 self.detail = f"cannot reach NATS at {self.url}: {type(exc).__name__}"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         try:
             self.bus = await provision(self.nc, self.settings)
             for handler in await self._handlers():
-                runner = ConsumerRunner(self.bus, handler, self.settings, self.metrics,
-                                        state_dir=self.settings.data_dir / "state")
+                runner = ConsumerRunner(
+                    self.bus,
+                    handler,
+                    self.settings,
+                    self.metrics,
+                    state_dir=self.settings.data_dir / "state",
+                )
                 await runner.start()
                 self.runners.append(runner)
             if self.tip_view is not None:
@@ -140,7 +151,8 @@ class EventsRuntime:
 
     async def _watch_tips(self) -> None:
         """Keep the process's read-only view of per-tip aggregates in step with the bucket."""
-        assert self.bus is not None and self.tip_view is not None
+        assert self.bus is not None
+        assert self.tip_view is not None
         kv = await self.bus.kv(TIP_STATS_BUCKET)
         current: dict[str, TipStats] = {}
         dirty = False
@@ -151,9 +163,9 @@ class EventsRuntime:
             while not self._stopping.is_set():
                 try:
                     entry = await watcher.updates(timeout=0.2)  # type: ignore[no-untyped-call]
-                except (asyncio.TimeoutError, TimeoutError):
+                except TimeoutError:
                     entry = None
-                except Exception:  # noqa: BLE001 - e.g. a reconnect: start a new watch
+                except Exception:
                     await asyncio.sleep(0.5)
                     with contextlib.suppress(Exception):
                         await watcher.stop()  # type: ignore[no-untyped-call]
@@ -173,15 +185,18 @@ class EventsRuntime:
     def health(self) -> dict[str, tuple[bool, str]]:
         out: dict[str, tuple[bool, str]] = {}
         connected = self.nc is not None and self.nc.is_connected
-        out["nats"] = (connected and self.status == "ready",
-                       self.detail if not connected or self.status != "ready"
-                       else f"connected to {self.url}")
+        out["nats"] = (
+            connected and self.status == "ready",
+            self.detail if not connected or self.status != "ready" else f"connected to {self.url}",
+        )
         for runner in self.runners:
             out[f"consumer:{runner.handler.name}"] = runner.healthy()
         if self.decisions is not None:
             buffered = self.decisions.buffered
-            out["decision_log"] = (True, f"{self.decisions.published} published, "
-                                         f"{buffered} buffered")
+            out["decision_log"] = (
+                True,
+                f"{self.decisions.published} published, {buffered} buffered",
+            )
         return out
 
     async def stop(self) -> None:

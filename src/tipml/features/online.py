@@ -32,8 +32,15 @@ RECENT = 20  # recent signal summaries kept for the context assembler
 
 
 def empty_user_state() -> UserState:
-    return {"total": {}, "b5": {}, "b1h": {}, "last_seen": None, "hours": [0] * 24,
-            "days": [], "recent": []}
+    return {
+        "total": {},
+        "b5": {},
+        "b1h": {},
+        "last_seen": None,
+        "hours": [0] * 24,
+        "days": [],
+        "recent": [],
+    }
 
 
 def _summary(event: SignalEvent) -> str:
@@ -86,6 +93,7 @@ def _fold(new: UserState, event: SignalEvent) -> None:
 
 # -- read-out --------------------------------------------------------------------------------
 
+
 def _window(state: UserState, at: float, level: str, size: int, span: int) -> dict[str, int]:
     end = int(at // size)
     out: dict[str, int] = {}
@@ -130,27 +138,72 @@ class FeatureDef:
 
 
 USER_FEATURES: tuple[FeatureDef, ...] = (
-    FeatureDef("signal_counts_1h", "map<str,int>", "user", timedelta(hours=1),
-               "count per kind, 12 x 5-min buckets", "Signals per kind in the last hour.",
-               lambda s, at: _window(s, at, "b5", B5, KEEP_5M)),
-    FeatureDef("signal_counts_24h", "map<str,int>", "user", timedelta(hours=24),
-               "count per kind, 24 x 1-h buckets", "Signals per kind in the last 24 hours.",
-               lambda s, at: _window(s, at, "b1h", B1H, 24)),
-    FeatureDef("signal_counts_7d", "map<str,int>", "user", timedelta(days=7),
-               "count per kind, 168 x 1-h buckets", "Signals per kind in the last 7 days.",
-               lambda s, at: _window(s, at, "b1h", B1H, KEEP_1H)),
-    FeatureDef("signal_counts_total", "map<str,int>", "user", None, "count per kind",
-               "Signals per kind since the first one.", lambda s, at: dict(s["total"])),
-    FeatureDef("last_seen", "timestamp", "user", None, "max(ts)",
-               "Time of the latest signal.", _last_seen),
-    FeatureDef("active_hours", "list<int>", "user", None, "count per UTC hour of day",
-               "Histogram of signal hours (UTC).", lambda s, at: list(s["hours"])),
-    FeatureDef("streak_days", "int", "user", timedelta(days=KEEP_DAYS),
-               "consecutive active UTC days ending today or yesterday",
-               "Current streak of days with at least one signal.", _streak),
-    FeatureDef("recent_signals", "list<struct>", "user", None, f"last {RECENT} by ts",
-               "Recent signal summaries for the prompt context.",
-               lambda s, at: [r for r in s["recent"] if r["ts"] <= at]),
+    FeatureDef(
+        "signal_counts_1h",
+        "map<str,int>",
+        "user",
+        timedelta(hours=1),
+        "count per kind, 12 x 5-min buckets",
+        "Signals per kind in the last hour.",
+        lambda s, at: _window(s, at, "b5", B5, KEEP_5M),
+    ),
+    FeatureDef(
+        "signal_counts_24h",
+        "map<str,int>",
+        "user",
+        timedelta(hours=24),
+        "count per kind, 24 x 1-h buckets",
+        "Signals per kind in the last 24 hours.",
+        lambda s, at: _window(s, at, "b1h", B1H, 24),
+    ),
+    FeatureDef(
+        "signal_counts_7d",
+        "map<str,int>",
+        "user",
+        timedelta(days=7),
+        "count per kind, 168 x 1-h buckets",
+        "Signals per kind in the last 7 days.",
+        lambda s, at: _window(s, at, "b1h", B1H, KEEP_1H),
+    ),
+    FeatureDef(
+        "signal_counts_total",
+        "map<str,int>",
+        "user",
+        None,
+        "count per kind",
+        "Signals per kind since the first one.",
+        lambda s, at: dict(s["total"]),
+    ),
+    FeatureDef(
+        "last_seen", "timestamp", "user", None, "max(ts)", "Time of the latest signal.", _last_seen
+    ),
+    FeatureDef(
+        "active_hours",
+        "list<int>",
+        "user",
+        None,
+        "count per UTC hour of day",
+        "Histogram of signal hours (UTC).",
+        lambda s, at: list(s["hours"]),
+    ),
+    FeatureDef(
+        "streak_days",
+        "int",
+        "user",
+        timedelta(days=KEEP_DAYS),
+        "consecutive active UTC days ending today or yesterday",
+        "Current streak of days with at least one signal.",
+        _streak,
+    ),
+    FeatureDef(
+        "recent_signals",
+        "list<struct>",
+        "user",
+        None,
+        f"last {RECENT} by ts",
+        "Recent signal summaries for the prompt context.",
+        lambda s, at: [r for r in s["recent"] if r["ts"] <= at],
+    ),
 )
 
 

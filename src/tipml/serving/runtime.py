@@ -51,6 +51,7 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, *, scorer: Scorer | None = None) -> Runtime:
+        settings.check_serving()
         resolve_version(None, settings.default_prompt_version)  # refuse an unknown default
         metrics = Metrics()
         chosen = scorer or build_scorer(settings)
@@ -69,10 +70,12 @@ class Runtime:
             settings=settings,
             metrics=metrics,
             scorer=chosen,
-            score_service=ScoreService(settings, chosen, Greedy(), tip_stats, metrics,
-                                       events.decisions),
-            generate_service=GenerateService(settings, lambda: state.gateway, metrics,
-                                             events.decisions),
+            score_service=ScoreService(
+                settings, chosen, Greedy(), tip_stats, metrics, events.decisions
+            ),
+            generate_service=GenerateService(
+                settings, lambda: state.gateway, metrics, events.decisions
+            ),
             events=events,
             gateway_state=state,
             tip_stats=tip_stats,

@@ -37,6 +37,7 @@ from tipml.settings import Settings
 
 log = logging.getLogger("tipml.serving")
 
+
 class DecisionSink(Protocol):
     """Where every answer is logged (``events.decisions.DecisionLog``). ``record`` must not
     block: it is called on the request path."""
@@ -151,26 +152,36 @@ class ScoreService:
             results=results,
         )
         rank_of = {i: r + 1 for r, i in enumerate(ranking.order.tolist())}
-        self.decisions.record("score", response.score_id, {
-            "decision_id": response.score_id,
-            "kind": "score",
-            "user_id": req.user_id,
-            "ts": _now_iso(),
-            "request_ts": ts.isoformat() if ts else None,
-            "platform": req.context.platform if req.context else None,
-            "model_version": response.model_version,
-            "policy": response.policy,
-            "k": k,
-            "local_hour": hour,
-            "profile_features": dict(profile.values),
-            "unknown_features": list(profile.unknown),
-            # every candidate, not only the top k: off-policy evaluation needs them all
-            "candidates": [
-                {"tip_id": c.tip_id, "category": c.category, "source": c.source,
-                 "score": score_list[i], "propensity": propensities[i], "rank": rank_of[i]}
-                for i, c in enumerate(candidates)
-            ],
-        })
+        self.decisions.record(
+            "score",
+            response.score_id,
+            {
+                "decision_id": response.score_id,
+                "kind": "score",
+                "user_id": req.user_id,
+                "ts": _now_iso(),
+                "request_ts": ts.isoformat() if ts else None,
+                "platform": req.context.platform if req.context else None,
+                "model_version": response.model_version,
+                "policy": response.policy,
+                "k": k,
+                "local_hour": hour,
+                "profile_features": dict(profile.values),
+                "unknown_features": list(profile.unknown),
+                # every candidate, not only the top k: off-policy evaluation needs them all
+                "candidates": [
+                    {
+                        "tip_id": c.tip_id,
+                        "category": c.category,
+                        "source": c.source,
+                        "score": score_list[i],
+                        "propensity": propensities[i],
+                        "rank": rank_of[i],
+                    }
+                    for i, c in enumerate(candidates)
+                ],
+            },
+        )
         return response
 
 
@@ -276,20 +287,24 @@ class GenerateService:
             usage=usage,
             latency_ms=round((time.perf_counter() - started) * 1000, 2),
         )
-        self.decisions.record("generate", response.generation_id, {
-            "decision_id": response.generation_id,
-            "kind": "generate",
-            "user_id": req.user_id,
-            "ts": _now_iso(),
-            "topic": ctx.topic,
-            "prompt_version": version.key,
-            "prompt_hash": version.content_hash,
-            "model": model,
-            "fallback": response.fallback,
-            "fallback_reason": reason,
-            "text": text,
-            "usage": usage.model_dump(),
-            "latency_ms": response.latency_ms,
-            "profile_features": dict(profile.values),
-        })
+        self.decisions.record(
+            "generate",
+            response.generation_id,
+            {
+                "decision_id": response.generation_id,
+                "kind": "generate",
+                "user_id": req.user_id,
+                "ts": _now_iso(),
+                "topic": ctx.topic,
+                "prompt_version": version.key,
+                "prompt_hash": version.content_hash,
+                "model": model,
+                "fallback": response.fallback,
+                "fallback_reason": reason,
+                "text": text,
+                "usage": usage.model_dump(),
+                "latency_ms": response.latency_ms,
+                "profile_features": dict(profile.values),
+            },
+        )
         return response

@@ -1,0 +1,72 @@
+"""Helpers for tests against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from nats.js import JetStreamContext
+
+from tipml.settings import Settings
+
+
+def events_settings(tmp_path: Path, url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "dev": True,
+        "nats_url": url,
+        "data_dir": tmp_path / "data",
+        "consumer_ack_wait_s": 2.0,
+        "consumer_backoff_s": [0.2, 0.4],
+        "consumer_max_deliver": 3,
+        "consumer_batch": 200,
+        "state_interval_s": 0.3,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def signal(
+    user: str,
+    kind: str = "task.completed",
+    event_id: str | None = None,
+    ts: str = "2026-11-27T10:00:00+00:00",
+    **attrs: Any,
+) -> tuple[str, bytes, str]:
+    eid = event_id or str(uuid.uuid4())
+    body = {"event_id": eid, "user_id": user, "ts": ts, "attrs": attrs}
+    return f"signals.{kind}", orjson.dumps(body), eid
+
+
+async def publish(js: JetStreamContext, subject: str, data: bytes, msg_id: str | None) -> None:
+    headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+    await js.publish(subject, data, headers=headers)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what} not reached within {timeout_s:g} s")
+
+
+async def user_total(js: JetStreamContext, user: str, kind: str = "task.completed") -> int:
+    from nats.js.errors import KeyNotFoundError
+
+    from tipml.events.keyed import kv_key
+
+    kv = await js.key_value("user_features")
+    try:
+        entry = await kv.get(kv_key(user))
+    except KeyNotFoundError:
+        return 0
+    record = orjson.loads(entry.value or b"{}")
+    return int(record["s"]["total"].get(kind, 0))
