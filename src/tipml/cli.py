@@ -121,7 +121,7 @@ def demo(
     concurrency: Annotated[int, typer.Option(help="Concurrent simulated clients.")] = 2,
 ) -> None:
     """Start the whole system on embedded defaults and drive it with the simulator."""
-    from tipml.sim.driver import Driver, percentile
+    from tipml.sim.driver import percentile
 
     token = os.environ.get("TIPML_API_TOKENS", "").split(",")[0] or secrets.token_urlsafe(24)
     env = {**os.environ, "TIPML_API_TOKENS": token, "TIPML_LOG_REQUESTS": "0"}
@@ -140,10 +140,12 @@ def demo(
     try:
         _wait_ready(base_url, proc, timeout_s=180)
         console.print(f"ready; driving {users} simulated users for {duration:g} s")
-        driver = Driver(base_url, token, users=users)
-        with console.status("simulating: score → generate → reactions"):
-            report = asyncio.run(driver.run(duration, concurrency=concurrency))
+        with console.status("simulating: signals → score → generate → reactions → feedback"):
+            report, loop = asyncio.run(
+                _drive(base_url, token, users, duration, concurrency, data_dir)
+            )
         _print_report(report, percentile)
+        _print_loop(loop)
         if keep_serving:
             console.print(
                 f"\nserving on {base_url} — token: {token}\n"
@@ -158,6 +160,115 @@ def demo(
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+async def _drive(
+    base_url: str, token: str, users: int, duration: float, concurrency: int, data_dir: Path
+) -> tuple[Any, dict[str, Any]]:
+    """Run the simulator against the service and its event bus; then read the learning
+    loop's state back from the bus (what the consumers made of the events)."""
+    import orjson
+
+    from tipml.events.bus import running_url
+    from tipml.settings import load_settings
+    from tipml.sim.driver import Driver
+
+    settings = load_settings(data_dir=data_dir)
+    url = running_url(settings)
+    if url is None:
+        raise TipmlError("the service's NATS server is not reachable")
+    bus = await _bus(settings)
+
+    async def publish(subject: str, payload: dict[str, object], msg_id: str) -> None:
+        await bus.js.publish(subject, orjson.dumps(payload), headers={"Nats-Msg-Id": msg_id})
+
+    driver = Driver(base_url, token, users=users, events=publish)
+    report = await driver.run(duration, concurrency=concurrency)
+    loop = await _loop_summary(bus, base_url, report.events_published)
+    await bus.close()
+    return report, loop
+
+
+async def _loop_summary(bus: Any, base_url: str, published: int) -> dict[str, Any]:
+    import orjson
+
+    from tipml.events.bus import PROMPT_STATS_BUCKET, TIP_STATS_BUCKET, USER_FEATURES_BUCKET
+    from tipml.events.dlq import dead_letters
+    from tipml.features.online import materialize
+
+    deadline = time.monotonic() + 30
+    consumers: dict[str, str] = {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+        while time.monotonic() < deadline:  # wait until the consumers caught up
+            body = (await client.get("/readyz")).json()
+            consumers = {
+                k.removeprefix("consumer:"): v["detail"]
+                for k, v in body["components"].items()
+                if k.startswith("consumer:")
+            }
+            if consumers and all(d.startswith("lag 0,") for d in consumers.values()):
+                break
+            await asyncio.sleep(0.5)
+
+    async def values(bucket: str) -> dict[str, Any]:
+        kv = await bus.kv(bucket)
+        out: dict[str, Any] = {}
+        try:
+            keys = await kv.keys()
+        except Exception:
+            return out
+        for key in keys:
+            entry = await kv.get(key)
+            out[key] = orjson.loads(entry.value or b"{}")["s"]
+        return out
+
+    users = await values(USER_FEATURES_BUCKET)
+    sample_user = max(users, key=lambda u: sum(users[u]["total"].values()), default=None)
+    return {
+        "published": published,
+        "consumers": consumers,
+        "prompts": await values(PROMPT_STATS_BUCKET),
+        "tips": await values(TIP_STATS_BUCKET),
+        "users": len(users),
+        "sample_user": sample_user,
+        "sample_features": materialize(users[sample_user], time.time()) if sample_user else {},
+        "dead_letters": len([x async for x in dead_letters(bus)]),
+    }
+
+
+def _print_loop(loop: dict[str, Any]) -> None:
+    out = Console()
+    out.print(
+        f"\nevents published: {loop['published']}  users with online features: "
+        f"{loop['users']}  dead letters: {loop['dead_letters']}"
+    )
+    table = Table("consumer", "state", title="consumers")
+    for name, detail in sorted(loop["consumers"].items()):
+        table.add_row(name, detail)
+    out.print(table)
+    prompts = Table(
+        "prompt version",
+        "feedback",
+        "mean reward",
+        "reactions",
+        title="reward per prompt variant (generated tips)",
+    )
+    for version, agg in sorted(loop["prompts"].items()):
+        mean = agg["reward_sum"] / agg["n"] if agg["n"] else 0.0
+        prompts.add_row(version, str(agg["n"]), f"{mean:.3f}", str(agg["reactions"]))
+    out.print(prompts)
+    curated = {k: v for k, v in loop["tips"].items() if not k.startswith("gen-")}
+    best = sorted(curated.items(), key=lambda kv: -kv[1]["reward_sum"] / max(1, kv[1]["n"]))
+    tips = Table("tip", "shown", "mean reward", title="best curated tips so far (n ≥ 3)")
+    for tip_id, agg in [x for x in best if x[1]["n"] >= 3][:5]:
+        tips.add_row(tip_id, str(agg["n"]), f"{agg['reward_sum'] / agg['n']:.3f}")
+    out.print(tips)
+    if loop["sample_user"]:
+        feats = loop["sample_features"]
+        out.print(
+            f"online features of {loop['sample_user']}: 24h {feats['signal_counts_24h']}, "
+            f"streak {feats['streak_days']} d, last seen {feats['last_seen']}"
+        )
 
 
 def _print_report(report: object, percentile: object) -> None:

@@ -66,3 +66,11 @@ def test_demo_starts_the_service_and_drives_it(tmp_path: Path, gateway_file: Gat
     assert "Take a short walk outside after lunch today." in out  # the stub LLM's tips
     assert "expected reward of the top-ranked tip" in out
     assert (tmp_path / "data" / "serve.log").exists()
+    # the events went through the bus and the consumers
+    assert "dead letters: 0" in out
+    published = int(re.search(r"events published: (\d+)", out).group(1))  # type: ignore[union-attr]
+    assert published > 10
+    assert re.search(r"signals-features\s*│\s*lag 0, processed [1-9]", out), out
+    assert re.search(r"feedback-rewards\s*│\s*lag 0, processed [1-9]", out), out
+    assert "reward per prompt variant" in out
+    assert list((tmp_path / "data" / "offline" / "signals").glob("date=*/part-*.parquet"))

@@ -17,7 +17,9 @@ async def dead_letters(
 ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
     """(DLQ stream sequence, letter) for every dead letter, oldest first."""
     info = await bus.js.stream_info(DLQ)
-    first, last = info.state.first_seq, info.state.last_seq
+    if not info.state.messages:
+        return
+    first, last = max(1, info.state.first_seq), info.state.last_seq
     count = 0
     for seq in range(first, last + 1):
         if limit is not None and count >= limit:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -47,6 +49,7 @@ class DriveReport:
     prompt_versions: Counter[str] = field(default_factory=Counter)
     # (prompt version, topic, fallback?, text)
     samples: list[tuple[str, str, bool, str]] = field(default_factory=list)
+    events_published: int = 0
 
     @property
     def generations(self) -> int:
@@ -55,6 +58,9 @@ class DriveReport:
     @property
     def fallback_rate(self) -> float:
         return sum(self.fallback_reasons.values()) / self.generations if self.generations else 0.0
+
+
+EventSink = Callable[[str, dict[str, object], str], Awaitable[None]]
 
 
 class Driver:
@@ -67,7 +73,9 @@ class Driver:
         candidates: int = 40,
         generate_every: int = 6,
         seed: int = 7,
+        events: EventSink | None = None,
     ) -> None:
+        self.events = events
         self.base_url = base_url
         self.headers = {"Authorization": f"Bearer {token}"}
         self.users: list[SimUser] = make_users(users, seed)
@@ -94,6 +102,54 @@ class Driver:
         data: dict[str, object] = resp.json()
         return data
 
+    # Events carry the wall-clock time (online features and lag are real); the simulated
+    # clock only drives the users' hour-of-day preferences.
+    async def _signals(self, user_id: str, report: DriveReport) -> None:
+        if self.events is None:
+            return
+        kinds = ["app.opened"] + (["task.completed"] if self.rng.random() < 0.6 else [])
+        for kind in kinds:
+            eid = str(uuid.uuid4())
+            await self.events(
+                f"signals.{kind}",
+                {
+                    "event_id": eid,
+                    "user_id": user_id,
+                    "kind": kind,
+                    "ts": datetime.now(UTC).isoformat(),
+                    "attrs": {"title": self.rng.choice(CATALOG).category + " session"},
+                },
+                eid,
+            )
+            report.events_published += 1
+
+    async def _feedback(
+        self,
+        user_id: str,
+        tip_id: str,
+        decision_id: str,
+        prompt_version: str | None,
+        reaction: str,
+        report: DriveReport,
+    ) -> None:
+        if self.events is None:
+            return
+        eid = str(uuid.uuid4())
+        await self.events(
+            f"feedback.{reaction}",
+            {
+                "event_id": eid,
+                "user_id": user_id,
+                "tip_id": tip_id,
+                "decision_id": decision_id,
+                "prompt_version": prompt_version,
+                "reaction": reaction,
+                "ts": datetime.now(UTC).isoformat(),
+            },
+            eid,
+        )
+        report.events_published += 1
+
     async def step(self, client: httpx.AsyncClient, n: int, report: DriveReport) -> None:
         user = self.rng.choice(self.users)
         ts = self._tick()
@@ -108,6 +164,7 @@ class Driver:
             "context": {"ts": ts.isoformat(), "platform": self.rng.choice(["ios", "android"])},
             "k": 5,
         }
+        await self._signals(user.user_id, report)
         scored = await self._timed(client, "/score", body, report)
         if scored is None:
             return
@@ -118,6 +175,9 @@ class Driver:
         report.reward_random.append(user.expected_reward(self.rng.choice(shown).category, ts))
         reaction = user.react(top.category, ts, self.rng)
         report.reactions[reaction] += 1
+        await self._feedback(
+            user.user_id, top.tip_id, str(scored["score_id"]), None, reaction, report
+        )
         if n % self.generate_every == 0:
             # A sticky 50/50 split of users between the two prompt versions.
             version = "v1" if int(user.user_id.rsplit("-", 1)[1]) % 2 == 0 else "v2"
@@ -136,6 +196,15 @@ class Driver:
             )
             if gen is not None:
                 report.prompt_versions[str(gen["prompt_version"])] += 1
+                gen_reaction = user.react(top.category, ts, self.rng)
+                await self._feedback(
+                    user.user_id,
+                    f"gen-{gen['generation_id']}",
+                    str(gen["generation_id"]),
+                    str(gen["prompt_version"]),
+                    gen_reaction,
+                    report,
+                )
                 if gen["fallback"]:
                     report.fallback_reasons[str(gen["fallback_reason"])] += 1
                 if len(report.samples) < 6:
