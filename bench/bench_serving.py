@@ -195,7 +195,7 @@ def start_service(port: int, token: str) -> subprocess.Popen[bytes]:
 
 async def gateway_overhead(n: int) -> dict[str, Any]:
     port = free_port()
-    stub = subprocess.Popen(  # noqa: ASYNC220 - set-up, before anything is measured
+    stub = subprocess.Popen(
         [sys.executable, "-m", "tipml.testing.stub_llm", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -18,8 +18,8 @@ from tipml.events.consumer import group_by_key
 from tipml.events.keyed import Item, KeyedStore, WriteResult, kv_key
 from tipml.events.metrics import EventMetrics
 from tipml.events.schemas import FeedbackEvent, SignalEvent, parse_feedback, parse_signal
-from tipml.experiments.rewards import RewardTable, apply_feedback, empty_aggregate
-from tipml.features.online import apply_signals, empty_user_state
+from tipml.experiments.rewards import RewardTable, empty_aggregate, fold_feedback
+from tipml.features.online import empty_user_state, fold_signals
 
 
 class SignalsHandler:
@@ -34,7 +34,7 @@ class SignalsHandler:
     @classmethod
     async def create(cls, bus: Bus, metrics: EventMetrics) -> SignalsHandler:
         kv = await bus.kv(USER_FEATURES_BUCKET)
-        return cls(KeyedStore(kv, empty_user_state, apply_signals), metrics)
+        return cls(KeyedStore(kv, empty_user_state, fold_signals), metrics)
 
     def parse(self, subject: str, data: bytes) -> tuple[str, SignalEvent]:
         event = parse_signal(subject, data)
@@ -79,7 +79,7 @@ class FeedbackHandler:
     @classmethod
     async def create(cls, bus: Bus, rewards: RewardTable, metrics: EventMetrics) -> FeedbackHandler:
         def fold(agg: Any, events: list[FeedbackEvent]) -> Any:
-            return apply_feedback(agg, events, rewards)
+            return fold_feedback(agg, events, rewards)
 
         tips = KeyedStore(await bus.kv(TIP_STATS_BUCKET), empty_aggregate, fold)
         prompts = KeyedStore(await bus.kv(PROMPT_STATS_BUCKET), empty_aggregate, fold)

@@ -67,7 +67,7 @@ class KeyedStore(Generic[E]):
         self,
         kv: KeyValue,
         empty: Callable[[], State],
-        fold: Callable[[State, list[E]], State],
+        fold: Callable[[State, list[E]], State],  # gets a private copy: may fold in place
         *,
         cache_size: int = 100_000,
         max_attempts: int = 20,
@@ -77,25 +77,28 @@ class KeyedStore(Generic[E]):
         self.empty = empty
         self.fold = fold
         self.floor = 0  # consumer ack floor (stream sequence); set by the consumer
-        self._cache: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+        # key -> (revision, encoded record): decoding gives every write a private copy
+        self._cache: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self._cache_size = cache_size
         self._max_attempts = max_attempts
         self._slots = asyncio.Semaphore(concurrency)
 
-    async def read(self, key: str) -> tuple[int, dict[str, Any] | None]:
+    async def read_raw(self, key: str) -> tuple[int, bytes | None]:
         try:
             entry = await self.kv.get(key)
         except KeyNotFoundError:
             return 0, None
-        if entry.value is None:
-            return int(entry.revision or 0), None
-        return int(entry.revision or 0), orjson.loads(entry.value)
+        return int(entry.revision or 0), entry.value or None
+
+    async def read(self, key: str) -> tuple[int, dict[str, Any] | None]:
+        revision, raw = await self.read_raw(key)
+        return revision, None if raw is None else orjson.loads(raw)
 
     async def state(self, key: str) -> State | None:
         _, record = await self.read(key)
         return None if record is None else record["s"]
 
-    def _remember(self, key: str, revision: int, record: dict[str, Any]) -> None:
+    def _remember(self, key: str, revision: int, record: bytes) -> None:
         self._cache[key] = (revision, record)
         self._cache.move_to_end(key)
         if len(self._cache) > self._cache_size:
@@ -106,7 +109,8 @@ class KeyedStore(Generic[E]):
         async with self._slots:
             for _ in range(self._max_attempts):
                 cached = self._cache.get(key)
-                revision, record = cached if cached else await self.read(key)
+                revision, raw = cached if cached else await self.read_raw(key)
+                record = orjson.loads(raw) if raw else None
                 applied = [(s, e) for s, e in (record or {}).get("a", []) if s > self.floor]
                 seen_seq = {s for s, _ in applied}
                 seen_ids = {e for _, e in applied}
@@ -130,7 +134,7 @@ class KeyedStore(Generic[E]):
                 except BaseException:
                     self._cache.pop(key, None)
                     raise
-                self._remember(key, revision, envelope)
+                self._remember(key, revision, value)
                 result.applied = len(new)
                 return result
         raise ConflictError(f"key {key!r}: still conflicting after {self._max_attempts} attempts")

@@ -51,7 +51,11 @@ def empty_aggregate() -> Aggregate:
 
 def apply_feedback(agg: Aggregate, events: list[FeedbackEvent], rewards: RewardTable) -> Aggregate:
     """A new aggregate with ``events`` folded in (each event is one shown tip's outcome)."""
-    new = copy.deepcopy(agg)
+    return fold_feedback(copy.deepcopy(agg), events, rewards)
+
+
+def fold_feedback(new: Aggregate, events: list[FeedbackEvent], rewards: RewardTable) -> Aggregate:
+    """Fold ``events`` into ``new`` in place and return it."""
     for event in events:
         new["n"] += 1
         new["reward_sum"] += rewards.reward(event.reaction)

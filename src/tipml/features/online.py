@@ -66,11 +66,16 @@ def apply_signal(state: UserState, event: SignalEvent) -> UserState:
 
 
 def apply_signals(state: UserState, events: list[SignalEvent]) -> UserState:
-    """A new state with ``events`` folded in, in order (one copy for the whole batch)."""
-    new = copy.deepcopy(state)
+    """A new state with ``events`` folded in, in order (``state`` is not modified)."""
+    return fold_signals(copy.deepcopy(state), events)
+
+
+def fold_signals(state: UserState, events: list[SignalEvent]) -> UserState:
+    """Fold ``events`` into ``state`` in place (for callers that own a private copy, like the
+    key-value writer, which decodes one per write) and return it."""
     for event in events:
-        _fold(new, event)
-    return new
+        _fold(state, event)
+    return state
 
 
 def _fold(new: UserState, event: SignalEvent) -> None:

@@ -1,0 +1,264 @@
+"""Event backbone benchmark (run on demand, not a test).
+
+    .venv/bin/python bench/bench_events.py [--events 50000] [--users 5000] [--rate 1000]
+
+1. Ingest throughput from a backlog on a local nats-server (from the wheel):
+   - the peer: a raw nats-py loop — pull fetch(500), parse the JSON, ack — the client's ceiling;
+   - tipml: the signals consumer, which also folds every event into the user's online features
+     and writes them to the KV bucket with compare-and-set and idempotency bookkeeping.
+   Same server, same events, same run; the ratio is the number that survives a noisy machine.
+2. Event-to-feature visibility lag at a fixed publish rate: ``tipml consume --only signals`` in
+   its own process; a KV watch in this process sees each user's record change and takes the
+   time from the event's publish to the write that contains it.
+
+Writes ``bench/results/events-<utc>.json`` and ``events-latest.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from nats.js.api import AckPolicy, ConsumerConfig
+from prometheus_client import CollectorRegistry
+from rich.console import Console
+from rich.table import Table
+
+from bench.bench_serving import machine, pct
+from tipml.events.bus import SIGNALS, EmbeddedNats, connect, provision
+from tipml.events.consumer import ConsumerRunner
+from tipml.events.handlers import SignalsHandler
+from tipml.events.metrics import EventMetrics
+from tipml.settings import Settings
+
+RESULTS = Path(__file__).parent / "results"
+console = Console()
+
+
+def settings_for(url: str, data_dir: Path) -> Settings:
+    return Settings(
+        dev=True,
+        nats_url=url,
+        data_dir=data_dir,
+        stream_storage="file",
+        consumer_batch=500,
+        state_interval_s=1.0,
+    )
+
+
+async def publish_backlog(js: Any, n: int, users: int, burst: int = 1) -> None:
+    """``burst`` consecutive events per user (an app session); 1: every event of a fetched
+    batch belongs to a different user (the worst case: one state write per event)."""
+    now = datetime.now(UTC).isoformat()
+    pending = []
+    for i in range(n):
+        eid = uuid.uuid4().hex
+        user = (i // burst) % users
+        body = orjson.dumps(
+            {"event_id": eid, "user_id": f"u{user}", "ts": now, "attrs": {"title": "focus session"}}
+        )
+        kind = "task.completed" if i % 3 else "app.opened"
+        pending.append(
+            await js.publish_async(f"signals.{kind}", body, headers={"Nats-Msg-Id": eid})
+        )
+        if len(pending) >= 2000:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+
+
+async def raw_loop(js: Any, n: int) -> float:
+    await js.add_consumer(
+        SIGNALS,
+        config=ConsumerConfig(
+            durable_name="raw",
+            name="raw",
+            ack_policy=AckPolicy.EXPLICIT,
+            filter_subject="signals.>",
+            max_ack_pending=20_000,
+        ),
+    )
+    sub = await js.pull_subscribe_bind(durable="raw", stream=SIGNALS)
+    done = 0
+    start = time.perf_counter()
+    while done < n:
+        msgs = await sub.fetch(500, timeout=5)
+        for msg in msgs:
+            orjson.loads(msg.data)
+            await msg.ack()
+        done += len(msgs)
+    return n / (time.perf_counter() - start)
+
+
+async def tipml_loop(bus: Any, settings: Settings, n: int) -> float:
+    metrics = EventMetrics(CollectorRegistry())
+    handler = await SignalsHandler.create(bus, metrics)
+    runner = ConsumerRunner(bus, handler, settings, metrics)
+    start = time.perf_counter()
+    await runner.start()
+    while runner.state.processed + runner.state.duplicates < n:
+        await asyncio.sleep(0.05)
+    elapsed = time.perf_counter() - start
+    await runner.stop()
+    return n / elapsed
+
+
+async def throughput(n: int, users: int, burst: int, tmp: Path) -> dict[str, Any]:
+    with EmbeddedNats(tmp / f"nats-throughput-{burst}") as server:
+        nc = await connect(server.url, "bench")
+        settings = settings_for(server.url, tmp / f"data-{burst}")
+        bus = await provision(nc, settings)
+        await publish_backlog(bus.js, n, users, burst)
+        raw = await raw_loop(bus.js, n)
+        ours = await tipml_loop(bus, settings, n)
+        await nc.close()
+    return {
+        "events": n,
+        "users": users,
+        "events_per_user_session": burst,
+        "raw_events_per_s": round(raw),
+        "tipml_events_per_s": round(ours),
+        "ratio": round(ours / raw, 3),
+    }
+
+
+async def visibility_lag(rate: float, seconds: float, users: int, tmp: Path) -> dict[str, Any]:
+    with EmbeddedNats(tmp / "nats-lag") as server:
+        nc = await connect(server.url, "bench-lag")
+        settings = settings_for(server.url, tmp / "data-lag")
+        bus = await provision(nc, settings)
+        env = {
+            **os.environ,
+            "TIPML_NATS_URL": server.url,
+            "TIPML_DATA_DIR": str(tmp / "data-lag"),
+            "TIPML_LOG_LEVEL": "ERROR",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tipml", "consume", "--only", "signals"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        published: dict[str, float] = {}
+        lags: list[float] = []
+        kv = await bus.kv("user_features")
+        watcher = await kv.watchall(include_history=False)
+
+        async def watch() -> None:
+            seen: set[str] = set()
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=1.0)
+                except TimeoutError:
+                    continue
+                if entry is None or not entry.value:
+                    continue
+                now = time.perf_counter()
+                for _, eid in orjson.loads(entry.value)["a"]:
+                    if eid in published and eid not in seen:
+                        seen.add(eid)
+                        lags.append((now - published[eid]) * 1000)
+
+        watch_task = asyncio.create_task(watch())
+        await asyncio.sleep(3.0)  # the consumer process starts
+        total = int(rate * seconds)
+        start = time.perf_counter()
+        for i in range(total):
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            eid = uuid.uuid4().hex
+            body = orjson.dumps(
+                {
+                    "event_id": eid,
+                    "user_id": f"u{i % users}",
+                    "ts": datetime.now(UTC).isoformat(),
+                    "attrs": {},
+                }
+            )
+            published[eid] = time.perf_counter()
+            await bus.js.publish_async("signals.app.opened", body, headers={"Nats-Msg-Id": eid})
+        achieved = total / (time.perf_counter() - start)
+        deadline = time.monotonic() + 30
+        while len(lags) < total and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        watch_task.cancel()
+        proc.terminate()
+        proc.wait(10)
+        await nc.close()
+    return {
+        "target_rate": rate,
+        "achieved_rate": round(achieved, 1),
+        "events": total,
+        "seen": len(lags),
+        "p50_ms": round(pct(lags, 50), 1),
+        "p99_ms": round(pct(lags, 99), 1),
+        "max_ms": round(max(lags), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--users", type=int, default=5_000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--burst", type=int, default=5, help="Events per user session.")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        with console.status("ingest throughput: raw fetch-and-ack vs tipml signals consumer"):
+            results["throughput"] = asyncio.run(throughput(args.events, args.users, 1, Path(tmp)))
+            results["throughput_sessions"] = asyncio.run(
+                throughput(args.events, args.users, args.burst, Path(tmp))
+            )
+        with console.status(f"visibility lag at {args.rate:g} events/s"):
+            results["lag"] = asyncio.run(
+                visibility_lag(args.rate, args.seconds, args.users, Path(tmp))
+            )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for name in (f"events-{stamp}.json", "events-latest.json"):
+        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    lag = results["lag"]
+    table = Table("measure", "value", "target", title=f"tipml events bench — {stamp}")
+    for label, t in (
+        ("every event a new user", results["throughput"]),
+        (f"sessions of {args.burst}", results["throughput_sessions"]),
+    ):
+        table.add_row(
+            f"raw nats-py fetch+parse+ack ({label})", f"{t['raw_events_per_s']:,} events/s", ""
+        )
+        table.add_row(
+            f"tipml signals → online features ({label})",
+            f"{t['tipml_events_per_s']:,} events/s",
+            "≥ 10,000",
+        )
+        table.add_row(f"ratio tipml / raw ({label})", f"{t['ratio']:.0%}", "≥ 50 %")
+    table.add_row(
+        f"visibility lag p50 / p99 at {lag['achieved_rate']:g}/s",
+        f"{lag['p50_ms']} / {lag['p99_ms']} ms",
+        "p99 ≤ 100 ms",
+    )
+    table.add_row("events seen in the watch", f"{lag['seen']} / {lag['events']}", "")
+    console.print(table)
+    console.print(f"machine: {results['machine']}")
+
+
+if __name__ == "__main__":
+    main()
