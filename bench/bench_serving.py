@@ -190,6 +190,28 @@ def start_service(port: int, token: str) -> subprocess.Popen[bytes]:
     raise SystemExit("service did not become ready")
 
 
+def one_route_gateway(model: str, api_base: str) -> LiteLLMGateway:
+    """A LiteLLM gateway with one completion route, no retries."""
+    config_path = RESULTS / f".bench-gateway-{os.getpid()}.yaml"
+    route = {
+        "model_name": "w",
+        "model_info": {"mode": "completion"},
+        "litellm_params": {
+            "model": f"text-completion-openai/{model}",
+            "api_base": api_base,
+            "api_key": "k",
+            "max_retries": 0,
+        },
+    }
+    config_path.write_text(
+        yaml.safe_dump({"model_list": [route], "router_settings": {"num_retries": 0}})
+    )
+    try:
+        return LiteLLMGateway(load_gateway_config(config_path))
+    finally:
+        config_path.unlink()
+
+
 # -- 2. gateway overhead against a stub provider --------------------------------------------
 
 
@@ -203,28 +225,7 @@ async def gateway_overhead(n: int) -> dict[str, Any]:
     try:
         assert stub.stdout is not None
         api_base = stub.stdout.readline().decode().strip()
-        config_path = RESULTS / ".bench-gateway.yaml"
-        config_path.write_text(
-            yaml.safe_dump(
-                {
-                    "model_list": [
-                        {
-                            "model_name": "w",
-                            "model_info": {"mode": "completion"},
-                            "litellm_params": {
-                                "model": "text-completion-openai/ok",
-                                "api_base": api_base,
-                                "api_key": "k",
-                                "max_retries": 0,
-                            },
-                        }
-                    ],
-                    "router_settings": {"num_retries": 0},
-                }
-            )
-        )
-        gateway = LiteLLMGateway(load_gateway_config(config_path))
-        config_path.unlink()
+        gateway = one_route_gateway("ok", api_base)
         prompt = "Tip:" * 50
         params = {"max_tokens": 40, "temperature": 0.7, "stop": ["\n"]}
         direct: list[float] = []
@@ -274,28 +275,7 @@ async def local_model(n: int) -> dict[str, Any]:
     llm.start()
     try:
         await llm.wait_ready(120)
-        config_path = RESULTS / ".bench-local.yaml"
-        config_path.write_text(
-            yaml.safe_dump(
-                {
-                    "model_list": [
-                        {
-                            "model_name": "w",
-                            "model_info": {"mode": "completion"},
-                            "litellm_params": {
-                                "model": f"text-completion-openai/{MODEL_ALIAS}",
-                                "api_base": llm.api_base,
-                                "api_key": "k",
-                                "max_retries": 0,
-                            },
-                        }
-                    ],
-                    "router_settings": {"num_retries": 0},
-                }
-            )
-        )
-        gateway = LiteLLMGateway(load_gateway_config(config_path))
-        config_path.unlink()
+        gateway = one_route_gateway(MODEL_ALIAS, llm.api_base)
         version = VERSIONS["v1"]
         profile = validate_profile({"preferred_hour": 21, "completion_rate": 0.6})
         prompts = [

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -305,6 +306,14 @@ def _print_report(report: object, percentile: object) -> None:
     out.print(samples)
 
 
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a command's coroutine; a TipmlError becomes a clean message and exit code 2."""
+    try:
+        asyncio.run(coro)
+    except TipmlError as exc:
+        _fail(exc)
+
+
 def _settings() -> Any:
     from tipml.settings import load_settings
 
@@ -365,10 +374,7 @@ def consume(
         await stop.wait()
         await events.stop()
 
-    try:
-        asyncio.run(run())
-    except TipmlError as exc:
-        _fail(exc)
+    _run(run())
 
 
 @dlq_app.command("list")
@@ -384,10 +390,7 @@ def dlq_list(limit: Annotated[int, typer.Option(help="At most this many.")] = 10
             sys.stdout.write(orjson.dumps({"dlq_seq": seq, **letter}).decode() + "\n")
         await bus.close()
 
-    try:
-        asyncio.run(run())
-    except TipmlError as exc:
-        _fail(exc)
+    _run(run())
 
 
 @dlq_app.command("replay")
@@ -405,10 +408,7 @@ def dlq_replay(
             sys.stdout.write(orjson.dumps(row).decode() + "\n")
         await bus.close()
 
-    try:
-        asyncio.run(run())
-    except TipmlError as exc:
-        _fail(exc)
+    _run(run())
 
 
 @features_app.command("get")
@@ -439,10 +439,7 @@ def features_get(user_id: str) -> None:
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
         await bus.close()
 
-    try:
-        asyncio.run(run())
-    except TipmlError as exc:
-        _fail(exc)
+    _run(run())
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tipml.errors import ConfigError
+from tipml.net import free_port
 from tipml.settings import Settings
 
 log = logging.getLogger("tipml.bus")
@@ -56,18 +57,12 @@ def nats_server_binary() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class EmbeddedNats:
     """``nats-server -js`` as a child process: JetStream store under ``store_dir``."""
 
     def __init__(self, store_dir: Path, port: int = 0, log_path: Path | None = None) -> None:
         self.store_dir = store_dir
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 

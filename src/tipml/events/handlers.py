@@ -22,6 +22,14 @@ from tipml.experiments.rewards import RewardTable, empty_aggregate, fold_feedbac
 from tipml.features.online import empty_user_state, fold_signals
 
 
+def observe_lag(metrics: EventMetrics, consumer: str, items: Sequence[Item[Any]]) -> None:
+    """Event time → state written: the event-to-feature lag."""
+    now = time.time()
+    observe = metrics.event_to_state.labels(consumer).observe
+    for item in items:
+        observe(max(0.0, now - item.event.epoch()))
+
+
 class SignalsHandler:
     name = "signals-features"
     stream = SIGNALS
@@ -45,10 +53,7 @@ class SignalsHandler:
         for group in groups.values():
             group.sort(key=lambda i: i.seq)
         result = await self.store.write_many(groups)
-        now = time.time()
-        observe = self.metrics.event_to_state.labels(self.name).observe
-        for item in items:
-            observe(max(0.0, now - item.event.epoch()))
+        observe_lag(self.metrics, self.name, items)
         return result
 
     def set_floor(self, floor: int) -> None:
@@ -96,10 +101,7 @@ class FeedbackHandler:
         by_prompt = group_by_key(with_version, lambda e: kv_key(e.prompt_version))
         result = await self.tips.write_many(by_tip)
         await self.prompts.write_many(by_prompt)
-        now = time.time()
-        observe = self.metrics.event_to_state.labels(self.name).observe
-        for item in items:
-            observe(max(0.0, now - item.event.epoch()))
+        observe_lag(self.metrics, self.name, items)
         return result
 
     def set_floor(self, floor: int) -> None:

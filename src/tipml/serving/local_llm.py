@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from tipml.errors import ConfigError
-from tipml.testing.stub_llm import free_port
+from tipml.net import free_port
 
 MODEL_ALIAS = "gemma-3-270m"
 
