@@ -345,10 +345,14 @@ def consume(
     """Run the JetStream consumers until SIGINT/SIGTERM (graceful: finish, ack, write state)."""
     from prometheus_client import CollectorRegistry, start_http_server
 
+    from tipml.events.bus import running_url
     from tipml.events.runtime import ALL_CONSUMERS, EventsRuntime
     from tipml.logs import configure_logging
 
     settings = _settings()
+    # Join the embedded server of a `tipml serve` on the same data dir rather than starting
+    # a second one on the same store; with neither, start one (standalone consumers).
+    settings = settings.model_copy(update={"nats_url": running_url(settings)})
     configure_logging(settings.log_level)
     names = [n.strip() for n in only.split(",") if n.strip()]
     unknown = sorted(set(names) - set(ALL_CONSUMERS))

@@ -70,16 +70,22 @@ class DecisionLog:
     # -- spill file -------------------------------------------------------------------------
 
     def _spill_files(self) -> list[Path]:
-        return sorted(self.spill_dir.glob("spill-*.jsonl")) if self.spill_dir.exists() else []
+        if not self.spill_dir.exists():
+            return []
+        return sorted([*self.spill_dir.glob("spill-*.jsonl"), *self.spill_dir.glob("*.sending")])
 
     def spilled_bytes(self) -> int:
         return sum(p.stat().st_size for p in self._spill_files())
 
-    def _spill(self, items: list[Record]) -> None:
-        lines = b"".join(
+    @staticmethod
+    def _lines(items: list[Record]) -> bytes:
+        return b"".join(
             orjson.dumps({"subject": s, "id": i, "payload": p.decode()}) + b"\n"
             for s, i, p in items
         )
+
+    def _spill(self, items: list[Record]) -> None:
+        lines = self._lines(items)
         if self.spilled_bytes() + len(lines) > self.spill_max_bytes:
             self.metrics.decisions_dropped.inc(len(items))
             log.error("decision log full: dropped", extra={"dropped": len(items)})
@@ -136,19 +142,16 @@ class DecisionLog:
             if js is None:
                 await self._sleep(0.5)
                 continue
-            # Spilled decisions first: they are the oldest.
+            # Spilled decisions first: they are the oldest. A file is renamed before it is
+            # read, so decisions spilled meanwhile go to a new file and are not lost.
             for path in self._spill_files():
-                items = self._read_spill(path)
-                failed = await self._publish(js, items)
+                sending = path if path.suffix == ".sending" else path.with_suffix(".sending")
+                os.replace(path, sending)
+                failed = await self._publish(js, self._read_spill(sending))
                 if failed:
-                    path.write_bytes(
-                        b"".join(
-                            orjson.dumps({"subject": s, "id": i, "payload": p.decode()}) + b"\n"
-                            for s, i, p in failed
-                        )
-                    )
+                    sending.write_bytes(self._lines(failed))
                     break
-                path.unlink()
+                sending.unlink()
             if not self._queue:
                 await self._sleep(1.0)
                 continue
