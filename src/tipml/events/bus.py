@@ -28,7 +28,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tipml.errors import ConfigError
-from tipml.net import free_port
+from tipml.net import die_with_parent, free_port
 from tipml.settings import Settings
 
 log = logging.getLogger("tipml.bus")
@@ -87,6 +87,10 @@ class EmbeddedNats:
             stdout=out,
             stderr=out,
             stdin=subprocess.DEVNULL,
+            # Own process group: a Ctrl-C meant for tipml must not kill the server before
+            # tipml has flushed its decisions and acked its batches; tipml stops it last.
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -99,7 +99,8 @@ class EventsRuntime:
                 port=self.settings.nats_port,
                 log_path=self.settings.data_dir / "nats-server.log",
             )
-            await asyncio.to_thread(self.embedded.start)
+            # In this (the main) thread: the child is tied to the thread that starts it.
+            self.embedded.start()
         if self.decisions is not None:
             self.decisions.start(self._js)
         self._task = asyncio.create_task(self._connect_and_run(), name="events-start")
@@ -200,8 +201,7 @@ class EventsRuntime:
         return out
 
     async def stop(self) -> None:
-        for runner in self.runners:
-            await runner.stop()
+        await asyncio.gather(*(runner.stop() for runner in self.runners))
         self._stopping.set()
         if self._watch_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from tipml.errors import ConfigError
-from tipml.net import free_port
+from tipml.net import die_with_parent, free_port
 
 MODEL_ALIAS = "gemma-3-270m"
 
@@ -84,6 +84,8 @@ class LocalLLM:
             stderr=log,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # stopped by tipml at shutdown, not by a terminal's Ctrl-C
+            preexec_fn=die_with_parent,
         )
 
     @property
