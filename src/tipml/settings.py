@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     rewards: dict[str, float] | None = Field(
         None, description='Reaction → reward in [0, 1], JSON (e.g. {"completed": 1}).'
     )
+    online_timeout_s: float = Field(
+        0.05, gt=0, description="Time budget of the online-feature read in /generate."
+    )
+    context_budget_chars: int = Field(
+        600, ge=100, description="Prompt context budget (facts + recent signals), ~4 chars/token."
+    )
     decision_buffer: int = Field(10_000, ge=10, description="Decisions held in memory.")
     decision_spill_max_bytes: int = Field(
         256 << 20, ge=0, description="Bound of the on-disk spill of undelivered decisions."

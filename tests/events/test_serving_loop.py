@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -96,3 +97,66 @@ def test_decisions_are_logged_and_feedback_reaches_the_scorer(
     assert gen["prompt_version"] == "v1"
     assert gen["text"] == generated["text"]
     assert len(logged) == len(by_id)  # each decision once
+
+
+def test_generate_prompts_are_built_from_real_signals(
+    tmp_path: Path, nats: EmbeddedNats, gateway_file: GatewayFile
+) -> None:
+    settings = make_settings(
+        tmp_path, gateway_config=gateway_file("ok"), nats_url=nats.url, consumers="inprocess"
+    )
+
+    async def signals() -> None:
+        nc = await connect(nats.url, "signals")
+        js = nc.jetstream()
+        for i, title in enumerate(["Deep work", "Inbox zero", "Deep work"]):
+            payload = {
+                "event_id": f"s-{i}",
+                "user_id": "u-ctx",
+                "ts": datetime.now(UTC).isoformat(),
+                "attrs": {"title": title},
+            }
+            await js.publish(
+                "signals.task.completed", orjson.dumps(payload), headers={"Nats-Msg-Id": f"s-{i}"}
+            )
+        await nc.close()
+
+    with TestClient(create_app(settings)) as client:
+        wait_gateway(client)
+        deadline = time.monotonic() + 20
+        while not client.get("/readyz").json()["ready"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        asyncio.run(signals())
+        runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        online: dict[str, object] | None = None
+        while time.monotonic() < deadline:
+            online = client.portal.call(runtime.events.user_features, "u-ctx")  # type: ignore[union-attr]
+            if online and online["signal_counts_total"] == {"task.completed": 3}:
+                break
+            time.sleep(0.1)
+        generated = client.post(
+            "/generate",
+            json={"user_id": "u-ctx", "topic": "focus", "prompt_version": "v3"},
+            headers=AUTH,
+        ).json()
+        assert generated["prompt_version"] == "v3"
+
+    async def decision() -> dict[str, object]:
+        nc = await connect(nats.url, "reader")
+        js = nc.jetstream()
+        info = await js.stream_info(DECISIONS)
+        found = {}
+        for s in range(info.state.first_seq, info.state.last_seq + 1):
+            d = orjson.loads((await js.get_msg(DECISIONS, s)).data or b"")
+            if d["decision_id"] == generated["generation_id"]:
+                found = d
+        await nc.close()
+        return found
+
+    logged = asyncio.run(decision())
+    assert "task completed 3 times in the last 24 hours" in logged["context_facts"]  # type: ignore[operator]
+    assert logged["context_recent"] == [
+        "task completed - Deep work",  # oldest to newest
+        "task completed - Inbox zero",
+        "task completed - Deep work",
+    ]

@@ -11,6 +11,7 @@ from tipml.serving.prompts import CANARY, VERSIONS, FewShot, PromptVersion, reso
 PINNED = {
     "v1": "c7038e706fcdeff9fa69661a609016efc6a2312ba3aa8965fb6c8214e3843ac6",
     "v2": "e212f3aa6b89c60e45e6e3965dd09a950c33ce3c555731c1134cc09ca22e724e",
+    "v3": "99c6760e7b06d6c0370ecc0b6b1ebd914bc73a40b0531630eb19d4b1d51fc6bf",
 }
 
 CTX = PromptContext(

@@ -8,16 +8,19 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
 from tipml.events.archive import archivers
 from tipml.events.bus import (
     TIP_STATS_BUCKET,
+    USER_FEATURES_BUCKET,
     Bus,
     EmbeddedNats,
     close_quietly,
@@ -27,8 +30,10 @@ from tipml.events.bus import (
 from tipml.events.consumer import ConsumerRunner, Handler
 from tipml.events.decisions import DecisionLog
 from tipml.events.handlers import FeedbackHandler, SignalsHandler
+from tipml.events.keyed import kv_key
 from tipml.events.metrics import EventMetrics
 from tipml.experiments.rewards import RewardTable, tip_stats
+from tipml.features.online import materialize
 from tipml.features.tip_features import TipStats, TipStatsView
 from tipml.settings import Settings
 
@@ -79,6 +84,7 @@ class EventsRuntime:
         self._task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._user_kv: KeyValue | None = None
 
     @property
     def url(self) -> str:
@@ -118,6 +124,7 @@ class EventsRuntime:
                 delay = min(delay * 2, 5.0)
         try:
             self.bus = await provision(self.nc, self.settings)
+            self._user_kv = await self.bus.kv(USER_FEATURES_BUCKET)
             for handler in await self._handlers():
                 runner = ConsumerRunner(
                     self.bus,
@@ -182,6 +189,20 @@ class EventsRuntime:
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def user_features(self, user_id: str) -> dict[str, Any] | None:
+        """``OnlineFeatureStore``: one KV get within ``TIPML_ONLINE_TIMEOUT_S``."""
+        if self._user_kv is None or self.nc is None or not self.nc.is_connected:
+            return None
+        try:
+            entry = await asyncio.wait_for(
+                self._user_kv.get(kv_key(user_id)), self.settings.online_timeout_s
+            )
+        except Exception:
+            return None
+        if not entry.value:
+            return None
+        return materialize(orjson.loads(entry.value)["s"], time.time())
 
     def health(self) -> dict[str, tuple[bool, str]]:
         out: dict[str, tuple[bool, str]] = {}

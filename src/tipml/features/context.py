@@ -11,6 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from tipml.features.profile_schema import ValidatedProfile
@@ -45,11 +46,16 @@ def day_part(hour: int) -> str:
 _CONTROL = re.compile(r"[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
 
 
+_ROLE = re.compile(r"(?i)\b(system|assistant|user|human|ai|tip|topic)\s*:")
+
+
 def clean_user_text(text: str, max_len: int = 60) -> str:
     """Text that came from a user is data: strip control/zero-width chars, cap the length."""
     text = unicodedata.normalize("NFKC", text)
     text = _CONTROL.sub(" ", text)
     text = re.sub(r"[<>{}\[\]`#*|\\]", " ", text)
+    # role markers ("system:", "assistant:") lose their colon: they read as words, not turns
+    text = _ROLE.sub(lambda m: f"{m.group(1)} -", text)
     text = " ".join(text.split())
     return text[:max_len].strip()
 
@@ -63,9 +69,13 @@ class PromptContext:
     facts: tuple[str, ...]
     max_chars: int
     locale: str
+    recent: tuple[str, ...] = ()  # cleaned user-originated summaries, newest last
 
     def facts_text(self) -> str:
         return "; ".join(self.facts) if self.facts else "no history yet"
+
+    def recent_text(self) -> str:
+        return "\n".join(f"- {r}" for r in self.recent) if self.recent else "- nothing recent"
 
 
 def _hour_words(hour: int) -> str:
@@ -97,6 +107,40 @@ def profile_facts(profile: ValidatedProfile) -> tuple[str, ...]:
     return tuple(facts)
 
 
+def _kind_words(kind: str) -> str:
+    return clean_user_text(kind.replace(".", " ").replace("_", " "), 30)
+
+
+def signal_facts(online: dict[str, Any]) -> tuple[str, ...]:
+    """Online features in words (our own phrases; kinds are cleaned), busiest first."""
+    facts: list[str] = []
+    day = online.get("signal_counts_24h") or {}
+    for kind, n in sorted(day.items(), key=lambda kv: (-kv[1], kv[0]))[:3]:
+        facts.append(f"{_kind_words(kind)} {n} time{'s' if n != 1 else ''} in the last 24 hours")
+    streak = online.get("streak_days") or 0
+    if streak >= 2:
+        facts.append(f"active {streak} days in a row")
+    return tuple(facts)
+
+
+def fit_budget(
+    facts: tuple[str, ...], recent: list[str], budget_chars: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Keep facts first, then the newest recent signals, within ``budget_chars``
+    (≈ 4 characters a token): the oldest signals are dropped first."""
+    used = sum(len(f) + 2 for f in facts)
+    kept: list[str] = []
+    for text in reversed(recent):  # newest first
+        if used + len(text) + 3 > budget_chars:
+            break
+        kept.append(text)
+        used += len(text) + 3
+    while used > budget_chars and facts:  # only if the facts alone are too long
+        used -= len(facts[-1]) + 2
+        facts = facts[:-1]
+    return facts, tuple(reversed(kept))
+
+
 def build_context(
     *,
     topic: str | None,
@@ -104,17 +148,31 @@ def build_context(
     ts: datetime | None,
     max_chars: int,
     locale: str | None,
+    online: dict[str, Any] | None = None,
+    budget_chars: int = 600,
 ) -> PromptContext:
+    """``online``: the user's online features (``features.online.materialize``), if known."""
     when = local_time(ts, profile)
     chosen = clean_user_text(topic) if topic else ""
     if not chosen:
         chosen = profile.get_str("favorite_category") or "wellbeing"
+    facts = profile_facts(profile)
+    recent: list[str] = []
+    if online:
+        facts = facts + signal_facts(online)
+        for item in online.get("recent_signals") or []:
+            text = clean_user_text(str(item.get("text") or ""), 40)
+            kind = _kind_words(str(item.get("kind") or ""))
+            if text or kind:
+                recent.append(f"{kind} - {text}" if text else kind)
+    facts, kept = fit_budget(facts, recent, budget_chars)
     return PromptContext(
         topic=chosen,
         local_hour=when.hour,
         day_part=day_part(when.hour),
         weekday=when.strftime("%A"),
-        facts=profile_facts(profile),
+        facts=facts,
         max_chars=max_chars,
         locale=clean_user_text(locale, 16) if locale else "en",
+        recent=kept,
     )

@@ -74,7 +74,7 @@ class Runtime:
                 settings, chosen, Greedy(), tip_stats, metrics, events.decisions
             ),
             generate_service=GenerateService(
-                settings, lambda: state.gateway, metrics, events.decisions
+                settings, lambda: state.gateway, metrics, events.decisions, events
             ),
             events=events,
             gateway_state=state,

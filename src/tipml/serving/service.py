@@ -19,6 +19,7 @@ from tipml.errors import GatewayError, InvalidRequest
 from tipml.experiments.policies import Policy
 from tipml.features.context import build_context, local_time
 from tipml.features.profile_schema import ValidatedProfile, validate_profile
+from tipml.features.store import OnlineFeatureStore
 from tipml.features.tip_features import Candidate, TipStatsView, feature_matrix
 from tipml.serving import guard
 from tipml.serving.gateway import LLMGateway
@@ -192,11 +193,13 @@ class GenerateService:
         gateway: Callable[[], LLMGateway | None],
         metrics: Metrics,
         decisions: DecisionSink,
+        online: OnlineFeatureStore,
     ) -> None:
         self.settings = settings
         self._gateway = gateway
         self.metrics = metrics
         self.decisions = decisions
+        self.online = online
         self._unknown = UnknownFeatureCounter(metrics)
 
     async def generate(self, req: GenerateRequest) -> GenerateResponse:
@@ -215,6 +218,8 @@ class GenerateService:
             ts=req.context.ts if req.context else None,
             max_chars=max_chars,
             locale=req.locale,
+            online=await self.online.user_features(req.user_id),
+            budget_chars=self.settings.context_budget_chars,
         )
         gateway = self._gateway()
         reason: str | None = None
@@ -305,6 +310,8 @@ class GenerateService:
                 "usage": usage.model_dump(),
                 "latency_ms": response.latency_ms,
                 "profile_features": dict(profile.values),
+                "context_facts": list(ctx.facts),
+                "context_recent": list(ctx.recent),
             },
         )
         return response
