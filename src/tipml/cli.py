@@ -79,6 +79,27 @@ def prompts_list() -> None:
     Console().print(table)
 
 
+def openapi_document() -> dict[str, Any]:
+    """The service's OpenAPI document (what `clients/typescript/openapi.json` must equal)."""
+    from tipml.serving.app import create_app
+    from tipml.settings import Settings
+
+    return create_app(Settings(dev=True, consumers="off")).openapi()
+
+
+@app.command()
+def openapi(
+    out: Annotated[Path, typer.Option(help="Where to write it.")] = Path(
+        "clients/typescript/openapi.json"
+    ),
+) -> None:
+    """Write the OpenAPI document the TypeScript client is generated from."""
+    import orjson
+
+    out.write_bytes(orjson.dumps(openapi_document(), option=orjson.OPT_INDENT_2) + b"\n")
+    console.print(f"wrote {out}")
+
+
 @app.command("assemble-model")
 def assemble_model(
     data_dir: Annotated[Path, typer.Option(envvar="TIPML_DATA_DIR")] = Path(".tipml"),

@@ -1,0 +1,3 @@
+export * from "./client.js";
+export * from "./profile/registry.js";
+export * from "./promptVersion.js";
