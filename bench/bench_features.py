@@ -1,0 +1,146 @@
+"""Feature-assembly benchmark (run on demand, not a test).
+
+    .venv/bin/python -m bench.bench_features [--n 2000]
+
+For one ``/score`` call: read the user's online features from the store and build the feature
+matrix of 100 candidates; and, for ``/generate``, assemble the prompt context (online features
+→ facts and recent activity within the budget) and render it. The peer is a bare nats-py KV
+get of the same record in the same run. Writes ``bench/results/features-*.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from rich.console import Console
+from rich.table import Table
+
+from bench.bench_serving import machine, pct
+from tipml.events.bus import USER_FEATURES_BUCKET, EmbeddedNats
+from tipml.events.keyed import Item, KeyedStore, kv_key
+from tipml.events.runtime import EventsRuntime
+from tipml.events.schemas import SignalEvent
+from tipml.features.context import build_context
+from tipml.features.online import empty_user_state, fold_signals
+from tipml.features.profile_schema import validate_profile
+from tipml.features.tip_features import Candidate, TipStats, feature_matrix
+from tipml.serving.prompts import VERSIONS
+from tipml.settings import Settings
+from tipml.sim.catalog import CATALOG
+
+RESULTS = Path(__file__).parent / "results"
+
+
+async def run(n: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedNats(Path(tmp) / "nats") as server:
+        settings = Settings(dev=True, nats_url=server.url, data_dir=Path(tmp) / "data")
+        events = EventsRuntime(settings, CollectorRegistry())
+        await events.start(wait=True)
+        assert events.bus is not None
+        kv = await events.bus.kv(USER_FEATURES_BUCKET)
+        store = KeyedStore(kv, empty_user_state, fold_signals)
+        now = datetime.now(UTC)
+        signals = [
+            SignalEvent(
+                event_id=f"e{i}", user_id="bench-user", kind=k, ts=now, attrs={"title": "Deep work"}
+            )
+            for i, k in enumerate(["app.opened", "task.completed"] * 40)
+        ]
+        await store.write(
+            kv_key("bench-user"), [Item(i + 1, s.event_id, s) for i, s in enumerate(signals)]
+        )
+        candidates = [Candidate(t.tip_id, t.category, t.tags) for t in CATALOG]
+        candidates = (candidates * 2)[:100]
+        stats = {t.tip_id: TipStats(20, 7.0) for t in CATALOG}
+        profile = validate_profile(
+            {
+                "preferred_hour": 8,
+                "favorite_category": "focus",
+                "timezone": "Europe/Berlin",
+                "completion_rate": 0.5,
+            }
+        )
+        raw: list[float] = []
+        score: list[float] = []
+        context: list[float] = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await kv.get("bench-user")
+            raw.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            await events.user_features("bench-user")
+            feature_matrix(candidates, profile, 9, stats)
+            score.append((time.perf_counter() - t) * 1000)
+        online = await events.user_features("bench-user")
+        for _ in range(n):
+            t = time.perf_counter()
+            ctx = build_context(
+                topic="focus", profile=profile, ts=None, max_chars=160, locale=None, online=online
+            )
+            VERSIONS["v3"].render_completion(ctx)
+            context.append((time.perf_counter() - t) * 1000)
+        await events.stop()
+    return {
+        "calls": n,
+        "raw_kv_get_p50_ms": round(pct(raw, 50), 3),
+        "raw_kv_get_p99_ms": round(pct(raw, 99), 3),
+        "score_assembly_kv_p50_ms": round(pct(score, 50), 3),
+        "score_assembly_kv_p99_ms": round(pct(score, 99), 3),
+        "context_assembly_p50_ms": round(pct(context, 50), 3),
+        "context_assembly_p99_ms": round(pct(context, 99), 3),
+        "recent_signals_in_state": 20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=2000)
+    args = parser.parse_args()
+    results = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "jetstream_kv": asyncio.run(run(args.n)),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for name in (f"features-{stamp}.json", "features-latest.json"):
+        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    r = results["jetstream_kv"]
+    table = Table(
+        "measure (JetStream KV store)",
+        "p50",
+        "p99",
+        "target",
+        title=f"tipml feature assembly — {stamp}",
+    )
+    table.add_row(
+        "bare nats-py KV get (peer)",
+        f"{r['raw_kv_get_p50_ms']} ms",
+        f"{r['raw_kv_get_p99_ms']} ms",
+        "",
+    )
+    table.add_row(
+        "/score: user features + 100-candidate matrix",
+        f"{r['score_assembly_kv_p50_ms']} ms",
+        f"{r['score_assembly_kv_p99_ms']} ms",
+        "p99 ≤ 1 ms",
+    )
+    table.add_row(
+        "/generate: context assembly + render",
+        f"{r['context_assembly_p50_ms']} ms",
+        f"{r['context_assembly_p99_ms']} ms",
+        "",
+    )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
