@@ -28,6 +28,7 @@ from tipml.events.bus import USER_FEATURES_BUCKET, EmbeddedNats
 from tipml.events.keyed import Item, KeyedStore, kv_key
 from tipml.events.runtime import EventsRuntime
 from tipml.events.schemas import SignalEvent
+from tipml.features import feast_store
 from tipml.features.context import build_context
 from tipml.features.online import empty_user_state, fold_signals
 from tipml.features.profile_schema import validate_profile
@@ -80,6 +81,18 @@ async def run(n: int) -> dict[str, Any]:
             feature_matrix(candidates, profile, 9, stats)
             score.append((time.perf_counter() - t) * 1000)
         online = await events.user_features("bench-user")
+        assert online is not None
+        feast_settings = settings.model_copy(update={"online_timeout_s": 5.0})
+        feast_store.apply(feast_settings)
+        feast = feast_store.FeastOnlineStore(feast_settings)
+        feast.push([{"user_id": "bench-user", "event_timestamp": now, **online}])
+        assert await feast.user_features("bench-user") == online
+        feast_times: list[float] = []
+        for _ in range(max(50, n // 10)):  # Feast is slower: fewer calls
+            t = time.perf_counter()
+            await feast.user_features("bench-user")
+            feature_matrix(candidates, profile, 9, stats)
+            feast_times.append((time.perf_counter() - t) * 1000)
         for _ in range(n):
             t = time.perf_counter()
             ctx = build_context(
@@ -94,6 +107,8 @@ async def run(n: int) -> dict[str, Any]:
         "raw_kv_get_p99_ms": round(pct(raw, 99), 3),
         "score_assembly_kv_p50_ms": round(pct(score, 50), 3),
         "score_assembly_kv_p99_ms": round(pct(score, 99), 3),
+        "score_assembly_feast_sqlite_p50_ms": round(pct(feast_times, 50), 3),
+        "score_assembly_feast_sqlite_p99_ms": round(pct(feast_times, 99), 3),
         "context_assembly_p50_ms": round(pct(context, 50), 3),
         "context_assembly_p99_ms": round(pct(context, 99), 3),
         "recent_signals_in_state": 20,
@@ -132,6 +147,12 @@ def main() -> None:
         f"{r['score_assembly_kv_p50_ms']} ms",
         f"{r['score_assembly_kv_p99_ms']} ms",
         "p99 ≤ 1 ms",
+    )
+    table.add_row(
+        "/score assembly with Feast (SQLite online store)",
+        f"{r['score_assembly_feast_sqlite_p50_ms']} ms",
+        f"{r['score_assembly_feast_sqlite_p99_ms']} ms",
+        "",
     )
     table.add_row(
         "/generate: context assembly + render",

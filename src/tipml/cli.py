@@ -436,6 +436,28 @@ def dlq_replay(
     _run(run())
 
 
+@features_app.command("apply")
+def features_apply() -> None:
+    """Build the Feast feature log from the Parquet archive, generate the repo, apply it."""
+    from tipml.features.feast_store import apply, repo_dir
+
+    settings = _settings()
+    with console.status("feast apply"):
+        rows = apply(settings)
+    console.print(f"feast repo {repo_dir(settings)} applied; feature log: {rows} rows")
+
+
+@features_app.command("materialize")
+def features_materialize() -> None:
+    """Load the latest feature values into Feast's online store (SQLite or Redis)."""
+    from tipml.features.feast_store import materialize
+
+    settings = _settings()
+    with console.status("feast materialize"):
+        materialize(settings)
+    console.print("materialized")
+
+
 @features_app.command("get")
 def features_get(user_id: str) -> None:
     """Print a user's online features (as of now) as JSON."""

@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     context_budget_chars: int = Field(
         600, ge=100, description="Prompt context budget (facts + recent signals), ~4 chars/token."
     )
+    online_store: Literal["jetstream", "feast"] = Field(
+        "jetstream", description="Where /generate reads online user features."
+    )
+    feast_online: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="Feast's online store (TIPML_ONLINE_STORE=feast)."
+    )
+    feast_redis: str = Field("127.0.0.1:6379", description="Redis for Feast's online store.")
     decision_buffer: int = Field(10_000, ge=10, description="Decisions held in memory.")
     decision_spill_max_bytes: int = Field(
         256 << 20, ge=0, description="Bound of the on-disk spill of undelivered decisions."

@@ -20,7 +20,7 @@ from tipml.events.schemas import SignalEvent, parse_signal
 from tipml.features.online import empty_user_state, fold_signals, materialize
 
 
-def _signals(root: Path, user_ids: Iterable[str] | None) -> dict[str, list[SignalEvent]]:
+def signals_by_user(root: Path, user_ids: Iterable[str] | None) -> dict[str, list[SignalEvent]]:
     pattern = str(root / "signals" / "*" / "*.parquet")
     if not list((root / "signals").glob("*/*.parquet")):
         return {}
@@ -60,7 +60,7 @@ def users_features_at(
     moment = at if at.tzinfo else at.replace(tzinfo=UTC)
     t = moment.timestamp()
     out: dict[str, dict[str, Any]] = {}
-    for user_id, events in _signals(root, user_ids).items():
+    for user_id, events in signals_by_user(root, user_ids).items():
         state = fold_signals(empty_user_state(), [e for e in events if e.epoch() <= t])
         out[user_id] = materialize(state, t)
     return out

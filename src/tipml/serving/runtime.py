@@ -13,10 +13,12 @@ import contextlib
 import gc
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from tipml.errors import TipmlError
 from tipml.events.runtime import ALL_CONSUMERS, EventsRuntime
 from tipml.experiments.policies import Greedy
+from tipml.features.store import OnlineFeatureStore
 from tipml.features.tip_features import TipStatsView
 from tipml.serving.gateway import LOCAL_LLM_VAR, LiteLLMGateway, LLMGateway, load_gateway_config
 from tipml.serving.local_llm import LocalLLM, assemble_default_model
@@ -37,6 +39,19 @@ class GatewayState:
     local_llm: LocalLLM | None = None
 
 
+class OnlineStoreHolder:
+    """The ``OnlineFeatureStore`` ``/generate`` reads: the event runtime's JetStream KV by
+    default, or Feast (``TIPML_ONLINE_STORE=feast``), which is built in the background because
+    importing Feast takes seconds; until then there is simply no online context."""
+
+    def __init__(self, default: OnlineFeatureStore) -> None:
+        self.store: OnlineFeatureStore | None = default
+
+    async def user_features(self, user_id: str) -> dict[str, Any] | None:
+        store = self.store
+        return None if store is None else await store.user_features(user_id)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -45,9 +60,11 @@ class Runtime:
     score_service: ScoreService
     generate_service: GenerateService
     events: EventsRuntime
+    online: OnlineStoreHolder
     gateway_state: GatewayState = field(default_factory=GatewayState)
     tip_stats: TipStatsView = field(default_factory=TipStatsView)
     _task: asyncio.Task[None] | None = None
+    _feast_task: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, scorer: Scorer | None = None) -> Runtime:
@@ -66,6 +83,7 @@ class Runtime:
             name="tipml-serve",
         )
         assert events.decisions is not None
+        online = OnlineStoreHolder(events)
         runtime = cls(
             settings=settings,
             metrics=metrics,
@@ -74,9 +92,10 @@ class Runtime:
                 settings, chosen, Greedy(), tip_stats, metrics, events.decisions
             ),
             generate_service=GenerateService(
-                settings, lambda: state.gateway, metrics, events.decisions, events
+                settings, lambda: state.gateway, metrics, events.decisions, online
             ),
             events=events,
+            online=online,
             gateway_state=state,
             tip_stats=tip_stats,
         )
@@ -86,7 +105,18 @@ class Runtime:
 
     async def start(self) -> None:
         await self.events.start()
+        if self.settings.online_store == "feast":
+            self.online.store = None
+            self._feast_task = asyncio.create_task(self._start_feast(), name="feast")
         self._task = asyncio.create_task(self._start_gateway(), name="tipml-gateway-start")
+
+    async def _start_feast(self) -> None:
+        from tipml.features.feast_store import FeastOnlineStore
+
+        try:
+            self.online.store = await asyncio.to_thread(FeastOnlineStore, self.settings)
+        except Exception as exc:
+            log.error("feast online store unavailable", extra={"error": str(exc)[:300]})
 
     async def wait_gateway(self, timeout_s: float) -> GatewayState:
         if self._task is not None:
