@@ -15,8 +15,8 @@ from tests.events.helpers import events_settings, eventually, publish
 from tipml.events.bus import EmbeddedNats
 from tipml.events.keyed import kv_key
 from tipml.events.runtime import EventsRuntime
-from tipml.features.offline import users_features_at
-from tipml.features.online import USER_FEATURES, materialize
+from tipml.features.offline import tips_features_at, users_features_at
+from tipml.features.online import TIP_FEATURES, USER_FEATURES, materialize, materialize_tip
 
 
 def simulated_stream(seed: int = 3) -> list[dict[str, object]]:
@@ -91,3 +91,62 @@ async def test_online_equals_offline_at_every_checkpoint(
     last = online[-1][1]
     assert any(v["signal_counts_1h"] for v in last.values())  # type: ignore[index]
     assert any(v["streak_days"] for v in last.values())  # type: ignore[index]
+
+
+async def test_tip_features_online_equal_offline(
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path
+) -> None:
+    settings = events_settings(tmp_path, nats.url)
+    events = EventsRuntime(settings, CollectorRegistry(), consumers=("feedback", "archiver"))
+    await events.start(wait=True)
+    js = nc.jetstream()
+    kv = await js.key_value("tip_stats")
+    rng = random.Random(9)
+    tips = [f"tip-{i}" for i in range(5)]
+    reactions = ["completed", "liked", "snoozed", "dismissed", "reported"]
+    t = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+    feedback_runner = next(r for r in events.runners if r.handler.name == "feedback-rewards")
+    online: list[tuple[datetime, dict[str, object]]] = []
+    published = 0
+    for chunk in range(6):
+        for _ in range(30):
+            t += timedelta(seconds=rng.choice([5, 60, 900, 7200]))
+            body = {
+                "event_id": f"fb{published}",
+                "user_id": f"u{published % 7}",
+                "tip_id": rng.choice(tips),
+                "decision_id": f"d{published}",
+                "prompt_version": rng.choice(["v1", "v2", None]),
+                "ts": t.isoformat(),
+            }
+            await publish(
+                js, f"feedback.{rng.choice(reactions)}", orjson.dumps(body), f"fb{published}"
+            )
+            published += 1
+        if chunk == 2:  # a reaction outside the reward table: dead-lettered, skipped offline
+            bad = {"event_id": "bad", "user_id": "u", "tip_id": "tip-0", "ts": t.isoformat()}
+            await publish(js, "feedback.exploded", orjson.dumps(bad), "bad")
+
+        async def caught_up(n: int = published) -> bool:
+            return feedback_runner.state.processed == n
+
+        await eventually(caught_up, what="feedback applied")
+        at = t + timedelta(seconds=1)
+        values = {}
+        for tip in tips:
+            entry = await kv.get(tip)
+            values[tip] = materialize_tip(orjson.loads(entry.value or b"")["s"], at.timestamp())
+        online.append((at, values))
+    archive = next(r for r in events.runners if r.handler.name == "archive-feedback")
+
+    async def archived() -> bool:
+        return archive.state.processed == published + 1
+
+    await eventually(archived, what="feedback archived")
+    await events.stop()
+    for at, values in online:
+        offline = tips_features_at(settings.data_dir / "offline", at)
+        for tip in tips:
+            for feature in TIP_FEATURES:
+                assert offline[tip][feature.name] == values[tip][feature.name], (tip, feature, at)
+    assert feedback_runner.state.dead_lettered == 1

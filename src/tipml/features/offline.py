@@ -16,8 +16,15 @@ from typing import Any
 import duckdb
 import orjson
 
-from tipml.events.schemas import SignalEvent, parse_signal
-from tipml.features.online import empty_user_state, fold_signals, materialize
+from tipml.events.schemas import (
+    FeedbackEvent,
+    InvalidEvent,
+    SignalEvent,
+    parse_feedback,
+    parse_signal,
+)
+from tipml.experiments.rewards import RewardTable, empty_aggregate, fold_feedback
+from tipml.features.online import empty_user_state, fold_signals, materialize, materialize_tip
 
 
 def signals_by_user(root: Path, user_ids: Iterable[str] | None) -> dict[str, list[SignalEvent]]:
@@ -64,6 +71,41 @@ def users_features_at(
         state = fold_signals(empty_user_state(), [e for e in events if e.epoch() <= t])
         out[user_id] = materialize(state, t)
     return out
+
+
+def tips_features_at(
+    root: Path, at: datetime, rewards: RewardTable | None = None
+) -> dict[str, dict[str, Any]]:
+    """Tip features as of ``at`` from the feedback log, folded like the feedback consumer
+    (stream order; events with a reaction outside the reward table are skipped — online they
+    are dead-lettered)."""
+    table = rewards or RewardTable()
+    moment = at if at.tzinfo else at.replace(tzinfo=UTC)
+    t = moment.timestamp()
+    pattern = root / "feedback"
+    if not list(pattern.glob("*/*.parquet")):
+        return {}
+    con = duckdb.connect()
+    rows = con.execute(
+        "SELECT subject, payload FROM read_parquet(?) WHERE valid ORDER BY stream_seq",
+        [str(pattern / "*" / "*.parquet")],
+    ).fetchall()
+    by_tip: dict[str, list[FeedbackEvent]] = {}
+    seen: set[str] = set()
+    for subject, payload in rows:
+        try:
+            event = parse_feedback(subject, payload.encode())
+            table.reward(event.reaction)
+        except InvalidEvent:
+            continue
+        if event.event_id in seen or event.epoch() > t:
+            continue
+        seen.add(event.event_id)
+        by_tip.setdefault(event.tip_id, []).append(event)
+    return {
+        tip: materialize_tip(fold_feedback(empty_aggregate(), events, table), t)
+        for tip, events in by_tip.items()
+    }
 
 
 def as_json(features: dict[str, Any]) -> bytes:
