@@ -30,7 +30,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_requests: bool = Field(True, description="One JSON access-log line per request.")
 
-    max_candidates: int = Field(1000, ge=1, le=100_000)
+    max_candidates: int = Field(
+        1000,
+        ge=1,
+        le=1000,
+        description="Candidates per /score call (the contract's ceiling: 1000).",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Request body size limit.")
 
     scorer: Literal["baseline", "lightgbm"] = "baseline"

@@ -57,7 +57,7 @@ def test_local_time_from_context_and_timezone_changes_hour_match(client: TestCli
 def err(resp: Any, status: int, field: str | None = None) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     data: dict[str, Any] = resp.json()
-    assert set(data) <= {"error", "detail", "field"}
+    assert set(data) <= {"error", "detail", "field", "request_id"}
     assert data["error"]
     assert data["detail"]
     assert "Traceback" not in data["detail"]

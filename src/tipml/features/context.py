@@ -12,9 +12,9 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from tipml.features.profile_schema import ValidatedProfile
+from tipml.errors import InvalidRequest
+from tipml.features.profile_schema import ValidatedProfile, zone
 
 _DAY_PARTS = (
     (5, "early morning"),
@@ -27,12 +27,20 @@ _DAY_PARTS = (
 
 
 def local_time(ts: datetime | None, profile: ValidatedProfile) -> datetime:
-    """``ts`` (or now) in the user's time zone from the profile (UTC when unknown)."""
+    """``ts`` (or now) in the user's time zone from the profile (UTC when unknown).
+
+    ``ts`` outside the representable range once shifted into the zone (year 1 or 9999 with a
+    far offset) is an ``InvalidRequest`` on ``context.ts``, never an ``OverflowError``."""
     moment = ts or datetime.now(UTC)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     tz_name = profile.get_str("timezone")
-    return moment.astimezone(ZoneInfo(tz_name)) if tz_name else moment.astimezone(UTC)
+    try:
+        return moment.astimezone(zone(tz_name)) if tz_name else moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise InvalidRequest(
+            "context.ts: out of range once converted to the user's time zone", field="context.ts"
+        ) from None
 
 
 def day_part(hour: int) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,11 +24,20 @@ from tipml.settings import Settings
 log = logging.getLogger("tipml.serving")
 
 
-def _error(status: int, code: str, detail: str, field: str | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    code: str,
+    detail: str,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, str] = {"error": code, "detail": detail}
     if field is not None:
         body["field"] = field
-    return JSONResponse(body, status_code=status)
+    rid = request_id_var.get()
+    if rid:
+        body["request_id"] = rid
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -44,6 +54,9 @@ async def _on_tipml_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, exc.code, exc.detail, exc.field)
 
 
+_PROMPT_VERSION_LOC = ("body", "prompt_version")
+
+
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems: list[str] = []
@@ -58,22 +71,44 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
         elif err.get("type") == "extra_forbidden":
             msg = "unknown field"
         else:
-            msg = str(err.get("msg", "invalid"))
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         fields.append(where)
-        problems.append(f"{where}: {msg}")
+        problems.append(f"{where}: {msg[:300]}")
     return _error(422, "invalid_request", "; ".join(problems), fields[0] if fields else None)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
-    return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+    if exc.status_code == 400:
+        # Starlette/FastAPI's "error parsing the body" (the JSON route parses first, so this
+        # is only reached by a body no route accepts): a malformed body, like bad JSON.
+        return _error(422, "invalid_request", f"body: {exc.detail}", "body")
+    return _error(
+        exc.status_code,
+        codes.get(exc.status_code, "http_error"),
+        str(exc.detail),
+        headers=exc.headers,
+    )
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error")
-    rid = request_id_var.get() or "-"
-    return _error(500, "internal_error", f"internal error (request id {rid})")
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI document states this deployment's limits, not only the contract's
+    ceilings: ``max_chars`` up to ``TIPML_GENERATE_MAX_CHARS``, ``candidates`` up to
+    ``TIPML_MAX_CANDIDATES`` — so a request the document allows is one the service accepts."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate()["components"]["schemas"]
+            max_chars = schemas["GenerateRequest"]["properties"]["max_chars"]["anyOf"][0]
+            max_chars["maximum"] = settings.generate_max_chars
+            schemas["ScoreRequest"]["properties"]["candidates"]["maxItems"] = (
+                settings.max_candidates
+            )
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings, *, scorer: Scorer | None = None) -> FastAPI:
@@ -96,11 +131,13 @@ def create_app(settings: Settings, *, scorer: Scorer | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.runtime = runtime
+    _document_limits(app, settings)
     app.include_router(router)
     app.add_exception_handler(TipmlError, _on_tipml_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(Exception, _on_unexpected)
+    # Anything else is caught by RequestMiddleware: a 500 with the request id in the body
+    # and in X-Request-ID (an `Exception` handler here would run outside the middleware).
     app.add_middleware(
         RequestMiddleware,
         metrics=runtime.metrics,

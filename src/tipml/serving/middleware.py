@@ -19,11 +19,12 @@ from tipml.logs import request_id_var
 from tipml.serving.metrics import Metrics
 
 access_log = logging.getLogger("tipml.access")
+error_log = logging.getLogger("tipml.serving")
 _VALID_RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _error_response(status: int, code: str, detail: str, rid: str) -> tuple[Message, Message]:
-    body = orjson.dumps({"error": code, "detail": detail})
+    body = orjson.dumps({"error": code, "detail": detail, "request_id": rid})
     start: Message = {
         "type": "http.response.start",
         "status": status,
@@ -92,12 +93,14 @@ class RequestMiddleware:
         rid = rid or uuid.uuid4().hex
         token = request_id_var.set(rid)
         status = 500
+        started_response = False
         rid_header = (b"x-request-id", rid.encode())
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
@@ -116,7 +119,20 @@ class RequestMiddleware:
                 await send(start)
                 await send(body)
             else:
-                await self.app(scope, app_receive, send_wrapper)
+                try:
+                    await self.app(scope, app_receive, send_wrapper)
+                except Exception:
+                    # The one place an unexpected error becomes a response: a JSON 500 that
+                    # keeps the contract (request id in the body and the header), no trace.
+                    error_log.exception("unhandled error", extra={"path": scope["path"]})
+                    if started_response:
+                        raise
+                    status = 500
+                    start, body = _error_response(
+                        500, "internal_error", f"internal error (request id {rid})", rid
+                    )
+                    await send(start)
+                    await send(body)
         finally:
             elapsed = time.perf_counter() - started
             route: Any = scope.get("route")

@@ -24,6 +24,7 @@ from typing import Any
 from tipml.errors import UnknownPromptVersion
 from tipml.features.context import PromptContext
 from tipml.features.profile_schema import CATEGORIES
+from tipml.features.topics import TOPICS
 
 # Planted in every system text; the output guard rejects any text that contains it, which
 # catches a model that echoes its instructions.
@@ -132,7 +133,8 @@ class PromptVersion:
         return messages
 
     def render_fallback(self, ctx: PromptContext) -> str:
-        template = self.fallback.get(ctx.topic) or self.fallback["default"]
+        category = TOPICS.get(ctx.topic) or ctx.topic
+        template = self.fallback.get(category) or self.fallback["default"]
         text = template.format(**self._variables(ctx))
         return text if len(text) <= ctx.max_chars else text[: ctx.max_chars - 1].rstrip() + "…"
 

@@ -7,10 +7,12 @@ construction.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -18,7 +20,7 @@ from typing import Any, Protocol
 from tipml.errors import GatewayError, InvalidRequest
 from tipml.experiments.policies import Policy
 from tipml.features.context import build_context, local_time
-from tipml.features.profile_schema import ValidatedProfile, validate_profile
+from tipml.features.profile_schema import ValidatedProfile, shown, validate_profile
 from tipml.features.store import OnlineFeatureStore
 from tipml.features.tip_features import Candidate, TipStatsView, feature_matrix
 from tipml.serving import guard
@@ -52,27 +54,45 @@ def _now_iso() -> str:
 
 _FEATURE_LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MAX_UNKNOWN_LABELS = 200
+_MAX_NAMES_PER_REQUEST = 20
+_LABEL_TTL_S = 3600.0
 
 
 class UnknownFeatureCounter:
-    """Counts unknown profile feature names with a bounded label set (client input must not
-    grow the metric without limit)."""
+    """Counts unknown profile feature names with a bounded label set: at most
+    ``_MAX_NAMES_PER_REQUEST`` names of one request get their own label (the rest count as
+    ``_other``), and a label unseen for an hour gives its slot back, so neither one request
+    with 20,000 names nor a slow drift of names can fill the metric for the process's life."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._metrics = metrics
-        self._seen: set[str] = set()
+        self._clock = clock
+        self._seen: OrderedDict[str, float] = OrderedDict()  # label -> last seen
+
+    def _label(self, name: str, now: float) -> str:
+        label = name if _FEATURE_LABEL.match(name) else "_invalid_name"
+        if label not in self._seen and len(self._seen) >= _MAX_UNKNOWN_LABELS:
+            oldest, seen_at = next(iter(self._seen.items()))
+            if now - seen_at < _LABEL_TTL_S:
+                return "_other"
+            del self._seen[oldest]
+            with contextlib.suppress(KeyError):
+                self._metrics.unknown_features.remove(oldest)
+        self._seen[label] = now
+        self._seen.move_to_end(label)
+        return label
 
     def count(self, names: tuple[str, ...], *, route: str) -> None:
         if not names:
             return
-        for name in names:
-            label = name if _FEATURE_LABEL.match(name) else "_invalid_name"
-            if label not in self._seen and len(self._seen) >= _MAX_UNKNOWN_LABELS:
-                label = "_other"
-            self._seen.add(label)
-            self._metrics.unknown_features.labels(label).inc()
+        now = self._clock()
+        for name in names[:_MAX_NAMES_PER_REQUEST]:
+            self._metrics.unknown_features.labels(self._label(name, now)).inc()
+        if len(names) > _MAX_NAMES_PER_REQUEST:
+            self._metrics.unknown_features.labels("_other").inc(len(names) - _MAX_NAMES_PER_REQUEST)
         log.info(
-            "unknown profile features ignored", extra={"route": route, "features": list(names)[:20]}
+            "unknown profile features ignored",
+            extra={"route": route, "n": len(names), "features": [n[:64] for n in names[:20]]},
         )
 
 
@@ -116,7 +136,7 @@ class ScoreService:
         for i, c in enumerate(req.candidates):
             if c.tip_id in seen:
                 raise InvalidRequest(
-                    f"candidates.{i}.tip_id: duplicate tip_id {c.tip_id!r} "
+                    f"candidates.{i}.tip_id: duplicate tip_id {shown(c.tip_id)} "
                     f"(also at candidates.{seen[c.tip_id]})",
                     field=f"candidates.{i}.tip_id",
                 )
