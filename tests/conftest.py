@@ -77,9 +77,12 @@ def gateway_file(tmp_path: Path, stub_llm: StubLLM) -> GatewayFile:
         extra_routes: list[dict[str, Any]] | None = None,
         fallbacks: list[dict[str, list[str]]] | None = None,
         timeout: float = 2.0,
+        stream: bool = False,
+        max_in_flight: int | None = None,
     ) -> Path:
-        config = {
+        config: dict[str, Any] = {
             "default_route": "tip-writer",
+            "stream": stream,
             "model_list": [
                 stub_route(stub_llm, "tip-writer", behaviour, mode=mode, timeout=timeout),
                 *(extra_routes or []),
@@ -91,7 +94,10 @@ def gateway_file(tmp_path: Path, stub_llm: StubLLM) -> GatewayFile:
                 "timeout": timeout,
             },
         }
-        path = tmp_path / f"gateway-{behaviour.replace(':', '_').replace('/', '_')}.yaml"
+        if max_in_flight is not None:
+            config["max_in_flight"] = max_in_flight
+        name = behaviour.replace(":", "_").replace("/", "_")
+        path = tmp_path / f"gateway-{name}-{int(stream)}-{max_in_flight}.yaml"
         path.write_text(yaml.safe_dump(config))
         return path
 

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     duplicate_window_s: float = Field(
         600, gt=0, description="Publishes with a Nats-Msg-Id seen within this window are dropped."
     )
+    dedupe_horizon_s: float = Field(
+        7 * 86400,
+        gt=0,
+        description="An event id folded into a key's state is remembered this long (by the "
+        "time the event reached the stream): a duplicate within it changes nothing.",
+    )
     consumers: Literal["inprocess", "off"] = Field(
         "inprocess", description="Run the JetStream consumers inside `tipml serve`."
     )

@@ -25,13 +25,13 @@ from typing import Any, Protocol
 
 import orjson
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoServersError
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError
+from nats.js.errors import APIError, FetchTimeoutError, ServiceUnavailableError
 
 from tipml.events.bus import Bus
-from tipml.events.keyed import Item, WriteResult
+from tipml.events.keyed import ConflictError, Item, WriteResult
 from tipml.events.metrics import EventMetrics
 from tipml.events.schemas import InvalidEvent
 from tipml.settings import Settings
@@ -73,6 +73,7 @@ class ConsumerState:
     dead_lettered: int = 0
     redeliveries: int = 0
     retried: int = 0
+    paused_retries: int = 0
     pending: int | None = None
     ack_pending: int | None = None
     last_fetch_at: str | None = None
@@ -133,17 +134,28 @@ class ConsumerRunner:
         ]
 
     async def stop(self) -> None:
+        """Stop fetching, finish the batch in hand, write the state. Never raises: the
+        process's shutdown (decision flush, NATS close, server stop) must go on."""
         self._stop.set()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            try:
                 await asyncio.wait_for(task, timeout=self.fetch_timeout_s + 10)
-        await self._refresh_info()
-        self.write_state()
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            except Exception as exc:
+                self._error(f"stopped with: {type(exc).__name__}: {exc}")
+        try:
+            await self._refresh_info()
+            self.write_state()
+        except Exception as exc:
+            log.error("consumer state not written", extra={"error": str(exc)[:300]})
 
     def healthy(self, stale_after_s: float = 30.0) -> tuple[bool, str]:
         s = self.state
         if not self.bus.nc.is_connected:
             return False, "not connected to NATS"
+        if self._tasks and self._tasks[0].done():
+            return False, f"consumer loop ended: {s.last_error}"
         if time.monotonic() - self._last_fetch > stale_after_s:
             return False, f"no fetch for {stale_after_s:g} s"
         if s.pending is not None and s.pending > self.settings.consumer_lag_ready:
@@ -153,8 +165,12 @@ class ConsumerRunner:
     # -- the loop ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """Fetch and process until stopped. Nothing a message, the bus or a handler does ends
+        this loop: an error is recorded (state file, log, ``/readyz``) and the loop goes on
+        after a back-off that grows while errors repeat."""
         js = self.bus.js
         sub = None
+        failures = 0
         while not self._stop.is_set():
             try:
                 if sub is None:
@@ -166,18 +182,28 @@ class ConsumerRunner:
                 self._last_fetch = time.monotonic()
                 self.state.last_fetch_at = _now_iso()
                 continue
-            except (ConnectionClosedError, NoServersError, OSError) as exc:
-                self._error(f"fetch: {type(exc).__name__}: {exc}")
-                await asyncio.sleep(0.5)
-                continue
             except Exception as exc:
+                failures += 1
                 self._error(f"fetch: {type(exc).__name__}: {exc}")
-                await asyncio.sleep(0.5)
+                await self._pause(failures)
                 continue
             self._last_fetch = time.monotonic()
             self.state.last_fetch_at = _now_iso()
             self.state.connected = True
-            await self._process(msgs)
+            try:
+                await self._process(msgs)
+            except Exception as exc:  # ack/nak/term or a dead-letter publish failed
+                failures += 1
+                self.metrics.loop_errors.labels(self.handler.name).inc()
+                self._error(f"batch: {type(exc).__name__}: {exc}; unacked messages redeliver")
+                await self._pause(failures)
+            else:
+                failures = 0
+
+    async def _pause(self, failures: int) -> None:
+        delay = min(0.25 * 2 ** min(failures - 1, 5), 8.0)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=delay)
 
     async def _process(self, msgs: list[Msg]) -> None:
         started = time.perf_counter()
@@ -192,25 +218,55 @@ class ConsumerRunner:
             except InvalidEvent as exc:
                 await self._dead_letter(msg, exc.code, exc.detail)
                 continue
-            valid.append((msg, Item(meta.sequence.stream, event_id, event)))
+            arrived = meta.timestamp.timestamp() if meta.timestamp else 0.0
+            valid.append((msg, Item(meta.sequence.stream, event_id, event, arrived)))
         if valid:
             try:
-                result = await self.handler.handle([item for _, item in valid])
+                result = await self._handle_through_outages(valid)
             except Exception as exc:
                 self._error(f"batch of {len(valid)}: {type(exc).__name__}: {exc}")
                 await self._one_by_one(valid)
             else:
-                await self._ack([m for m, _ in valid], result)
+                if result is not None:
+                    await self._ack([m for m, _ in valid], result)
         self.metrics.batch_seconds.labels(self.handler.name).observe(time.perf_counter() - started)
+
+    async def _handle_through_outages(
+        self, valid: list[tuple[Msg, Item[Any]]]
+    ) -> WriteResult | None:
+        """``handler.handle``, retried for as long as the failure is the infrastructure's (NATS
+        unreachable, a KV timeout, write conflicts): the messages are kept in progress, not
+        nak'ed, so an outage longer than the back-off schedule never turns good events into
+        dead letters. ``None``: stopping before the outage ended (the messages redeliver)."""
+        attempt = 0
+        while True:
+            try:
+                return await self.handler.handle([item for _, item in valid])
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                attempt += 1
+                self.state.paused_retries += 1
+                self._error(
+                    f"infrastructure error, batch of {len(valid)} paused (attempt {attempt}): "
+                    f"{type(exc).__name__}: {exc}"
+                )
+            if self._stop.is_set():
+                return None
+            for msg, _ in valid:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()  # restart ack_wait: still ours
+            await self._pause(attempt)
 
     async def _one_by_one(self, valid: list[tuple[Msg, Item[Any]]]) -> None:
         for msg, item in valid:
             try:
-                result = await self.handler.handle([item])
+                result = await self._handle_through_outages([(msg, item)])
             except Exception as exc:
                 await self._failed(msg, exc)
             else:
-                await self._ack([msg], result)
+                if result is not None:
+                    await self._ack([msg], result)
 
     async def _ack(self, msgs: list[Msg], result: WriteResult) -> None:
         for msg in msgs:
@@ -311,6 +367,22 @@ class ConsumerRunner:
         tmp = self.state_path.with_suffix(".json.tmp")
         tmp.write_bytes(orjson.dumps(asdict(self.state), option=orjson.OPT_INDENT_2))
         os.replace(tmp, self.state_path)
+
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    NatsError,  # timeouts, no responders, connection closed/draining, slow consumer …
+    ServiceUnavailableError,
+    ConflictError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An error of the infrastructure (retry and wait), not of the event (dead-letter it)."""
+    if isinstance(exc, APIError) and exc.code is not None and exc.code >= 500:
+        return True
+    return isinstance(exc, _TRANSIENT) and not isinstance(exc, InvalidEvent)
 
 
 def group_by_key(items: Sequence[Item[Any]], key: Any) -> dict[str, list[Item[Any]]]:

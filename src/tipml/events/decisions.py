@@ -1,17 +1,23 @@
 """The decision log: every ``/score`` and ``/generate`` answer, published to JetStream.
 
-``record`` never waits on the network: it appends to a bounded in-memory buffer (O(1)); a
-background task publishes with ``Nats-Msg-Id`` = decision id and waits for JetStream's ack.
-While NATS is unreachable, decisions stay buffered; when the buffer is full they are appended
-to a local spill file (bounded by ``decision_spill_max_bytes``), replayed first when NATS is
-back. Only what exceeds both bounds is dropped — and counted. A re-sent decision whose first
-ack was lost is dropped by the stream's duplicate window, so each arrives once.
+``record`` is O(1) in every state and never raises: it appends to a bounded in-memory buffer;
+when that is full, to a bounded overflow that the background task writes to a local spill
+file; only what exceeds the buffer, the overflow and the spill bound together is dropped —
+and counted. The background task publishes with ``Nats-Msg-Id`` = decision id and waits for
+JetStream's ack; while NATS is unreachable decisions stay buffered or spilled, and the spill
+files are replayed first when NATS is back. A re-sent decision whose first ack was lost is
+dropped by the stream's duplicate window, so each arrives once.
+
+Spill files are written whole under a temporary name and renamed (never half a file); a line
+that cannot be read anyway (a disk that lied) is skipped and counted, never fatal. The
+publisher restarts itself after any error; ``health()`` says how it is doing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -28,6 +34,7 @@ from tipml.events.metrics import EventMetrics
 log = logging.getLogger("tipml.decisions")
 
 Record = tuple[str, str, bytes]  # subject, decision id, payload
+_names = itertools.count()
 
 
 class DecisionLog:
@@ -48,26 +55,43 @@ class DecisionLog:
         self.publish_timeout_s = publish_timeout_s
         self.in_flight = in_flight
         self._queue: deque[Record] = deque()
+        self._overflow: deque[Record] = deque()  # waiting to be spilled by the background task
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._js: Callable[[], JetStreamContext | None] = lambda: None
+        self._spilled_bytes = 0
         self.published = 0
+        self.dropped = 0
+        self.corrupt = 0
+        self.restarts = 0
         self.last_error: str | None = None
 
     # -- the request path -------------------------------------------------------------------
 
     def record(self, kind: str, decision_id: str, payload: dict[str, Any]) -> None:
-        """Queue one decision; bounded time, never raises on the request path."""
-        item = (f"ml.decisions.{kind}", decision_id, orjson.dumps(payload, default=str))
+        """Queue one decision: O(1), never raises, never touches the disk."""
+        try:
+            item = (f"ml.decisions.{kind}", decision_id, orjson.dumps(payload, default=str))
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            self._drop(1, f"not serialisable: {exc}")
+            return
         if len(self._queue) < self.buffer:
             self._queue.append(item)
             self.metrics.decisions_buffered.set(len(self._queue))
-            self._wake.set()
+        elif len(self._overflow) < self.buffer:
+            self._overflow.append(item)
         else:
-            self._spill([item])
+            self._drop(1, "buffer and overflow full")
+            return
+        self._wake.set()
 
-    # -- spill file -------------------------------------------------------------------------
+    def _drop(self, n: int, why: str) -> None:
+        self.dropped += n
+        self.metrics.decisions_dropped.inc(n)
+        log.error("decisions dropped", extra={"dropped": n, "why": why})
+
+    # -- spill files ------------------------------------------------------------------------
 
     def _spill_files(self) -> list[Path]:
         if not self.spill_dir.exists():
@@ -75,7 +99,7 @@ class DecisionLog:
         return sorted([*self.spill_dir.glob("spill-*.jsonl"), *self.spill_dir.glob("*.sending")])
 
     def spilled_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self._spill_files())
+        return self._spilled_bytes
 
     @staticmethod
     def _lines(items: list[Record]) -> bytes:
@@ -84,33 +108,60 @@ class DecisionLog:
             for s, i, p in items
         )
 
-    def _spill(self, items: list[Record]) -> None:
-        lines = self._lines(items)
-        if self.spilled_bytes() + len(lines) > self.spill_max_bytes:
-            self.metrics.decisions_dropped.inc(len(items))
-            log.error("decision log full: dropped", extra={"dropped": len(items)})
-            return
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
-        path = self.spill_dir / f"spill-{os.getpid()}-{time.time_ns() // 1_000_000_000}.jsonl"
-        with path.open("ab") as f:
-            f.write(lines)
+    def _write_atomically(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _spill(self, items: list[Record]) -> None:
+        """Write ``items`` to a new spill file (whole, then renamed), within the bound."""
+        lines = self._lines(items)
+        if self._spilled_bytes + len(lines) > self.spill_max_bytes:
+            self._drop(len(items), "spill file full")
+            return
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        name = f"spill-{time.time_ns():020d}-{os.getpid()}-{next(_names)}.jsonl"
+        self._write_atomically(self.spill_dir / name, lines)
+        self._spilled_bytes += len(lines)
         self.metrics.decisions_spilled.inc(len(items))
 
     def _read_spill(self, path: Path) -> list[Record]:
         out: list[Record] = []
         for line in path.read_bytes().splitlines():
-            if line.strip():
+            if not line.strip():
+                continue
+            try:
                 row = orjson.loads(line)
                 out.append((row["subject"], row["id"], row["payload"].encode()))
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                self.corrupt += 1
+                self.metrics.decisions_corrupt.inc()
+                log.error("unreadable spill line skipped", extra={"file": path.name})
         return out
 
     # -- the background publisher -----------------------------------------------------------
 
     def start(self, js: Callable[[], JetStreamContext | None]) -> None:
         self._js = js
-        self._task = asyncio.create_task(self._run(), name="decision-log")
+        self._spilled_bytes = sum(p.stat().st_size for p in self._spill_files())
+        self._task = asyncio.create_task(self._supervise(), name="decision-log")
+
+    async def _supervise(self) -> None:
+        """Run the publisher; after any error, record it and start again (with back-off)."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                await self._run()
+                return
+            except Exception as exc:
+                failures += 1
+                self.restarts += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.exception("decision publisher failed; restarting")
+                await self._sleep(min(0.5 * 2 ** min(failures - 1, 4), 8.0))
 
     async def _publish(self, js: JetStreamContext, items: list[Record]) -> list[Record]:
         """Publish and wait for the acks; returns the items that were not acknowledged."""
@@ -136,22 +187,39 @@ class DecisionLog:
         self.metrics.decisions_published.inc(acked)
         return failed
 
+    async def _spill_overflow(self) -> None:
+        if self._overflow:
+            batch = list(self._overflow)
+            self._overflow.clear()
+            await asyncio.to_thread(self._spill, batch)
+
+    async def _replay_spills(self, js: JetStreamContext) -> bool:
+        """Publish the spilled decisions (the oldest); False if some were not acknowledged.
+        A file is renamed before it is read, so decisions spilled meanwhile are not lost."""
+        for path in self._spill_files():
+            sending = path if path.suffix == ".sending" else path.with_suffix(".sending")
+            os.replace(path, sending)
+            size = sending.stat().st_size
+            failed = await self._publish(js, self._read_spill(sending))
+            if failed:
+                lines = self._lines(failed)
+                await asyncio.to_thread(self._write_atomically, sending, lines)
+                self._spilled_bytes += len(lines) - size
+                return False
+            sending.unlink()
+            self._spilled_bytes -= size
+        return True
+
     async def _run(self) -> None:
         while not self._stop.is_set():
+            await self._spill_overflow()
             js = self._js()
             if js is None:
                 await self._sleep(0.5)
                 continue
-            # Spilled decisions first: they are the oldest. A file is renamed before it is
-            # read, so decisions spilled meanwhile go to a new file and are not lost.
-            for path in self._spill_files():
-                sending = path if path.suffix == ".sending" else path.with_suffix(".sending")
-                os.replace(path, sending)
-                failed = await self._publish(js, self._read_spill(sending))
-                if failed:
-                    sending.write_bytes(self._lines(failed))
-                    break
-                sending.unlink()
+            if not await self._replay_spills(js):
+                await self._sleep(0.5)
+                continue
             if not self._queue:
                 await self._sleep(1.0)
                 continue
@@ -170,18 +238,48 @@ class DecisionLog:
     async def stop(self, flush_timeout_s: float = 5.0) -> None:
         """Publish what is buffered (within the timeout), spill the rest to disk."""
         deadline = time.monotonic() + flush_timeout_s
-        while self._queue and time.monotonic() < deadline and self._js() is not None:
+        while (
+            (self._queue or self._overflow)
+            and time.monotonic() < deadline
+            and self._js() is not None
+            and self._task is not None
+            and not self._task.done()
+        ):
             self._wake.set()
             await asyncio.sleep(0.05)
         self._stop.set()
         self._wake.set()
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError, Exception):
                 await asyncio.wait_for(self._task, timeout=self.publish_timeout_s + 1)
-        if self._queue:
-            self._spill(list(self._queue))
-            self._queue.clear()
+        rest = [*self._queue, *self._overflow]
+        self._queue.clear()
+        self._overflow.clear()
+        if rest:
+            try:
+                self._spill(rest)
+            except OSError as exc:
+                self._drop(len(rest), f"spill failed at shutdown: {exc}")
 
     @property
     def buffered(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._overflow)
+
+    def health(self) -> tuple[bool, str]:
+        running = self._task is not None and not self._task.done()
+        full = len(self._queue) >= self.buffer
+        detail = (
+            f"{self.published} published, {len(self._queue)} buffered, "
+            f"{self._spilled_bytes} bytes spilled, {self.dropped} dropped"
+        )
+        if self.corrupt:
+            detail += f", {self.corrupt} unreadable spill lines skipped"
+        if self.restarts:
+            detail += f", publisher restarted {self.restarts}x"
+        if self.last_error and (full or not running):
+            detail += f"; last error: {self.last_error}"
+        if not running:
+            return False, "publisher not running; " + detail
+        if full:
+            return False, "buffer full, spilling to disk; " + detail
+        return True, detail

@@ -15,7 +15,7 @@ from tipml.events.bus import (
     Bus,
 )
 from tipml.events.consumer import group_by_key
-from tipml.events.keyed import Item, KeyedStore, WriteResult, kv_key
+from tipml.events.keyed import DEFAULT_HORIZON_S, Item, KeyedStore, WriteResult, kv_key
 from tipml.events.metrics import EventMetrics
 from tipml.events.schemas import FeedbackEvent, SignalEvent, parse_feedback, parse_signal
 from tipml.experiments.rewards import RewardTable, empty_aggregate, fold_feedback
@@ -40,9 +40,11 @@ class SignalsHandler:
         self.metrics = metrics
 
     @classmethod
-    async def create(cls, bus: Bus, metrics: EventMetrics) -> SignalsHandler:
+    async def create(
+        cls, bus: Bus, metrics: EventMetrics, *, horizon_s: float = DEFAULT_HORIZON_S
+    ) -> SignalsHandler:
         kv = await bus.kv(USER_FEATURES_BUCKET)
-        return cls(KeyedStore(kv, empty_user_state, fold_signals), metrics)
+        return cls(KeyedStore(kv, empty_user_state, fold_signals, horizon_s=horizon_s), metrics)
 
     def parse(self, subject: str, data: bytes) -> tuple[str, SignalEvent]:
         event = parse_signal(subject, data)
@@ -57,7 +59,7 @@ class SignalsHandler:
         return result
 
     def set_floor(self, floor: int) -> None:
-        self.store.floor = floor
+        """Nothing to prune at the ack floor: the store forgets event ids by the horizon."""
 
 
 class FeedbackHandler:
@@ -82,12 +84,23 @@ class FeedbackHandler:
         self.metrics = metrics
 
     @classmethod
-    async def create(cls, bus: Bus, rewards: RewardTable, metrics: EventMetrics) -> FeedbackHandler:
+    async def create(
+        cls,
+        bus: Bus,
+        rewards: RewardTable,
+        metrics: EventMetrics,
+        *,
+        horizon_s: float = DEFAULT_HORIZON_S,
+    ) -> FeedbackHandler:
         def fold(agg: Any, events: list[FeedbackEvent]) -> Any:
             return fold_feedback(agg, events, rewards)
 
-        tips = KeyedStore(await bus.kv(TIP_STATS_BUCKET), empty_aggregate, fold)
-        prompts = KeyedStore(await bus.kv(PROMPT_STATS_BUCKET), empty_aggregate, fold)
+        tips = KeyedStore(
+            await bus.kv(TIP_STATS_BUCKET), empty_aggregate, fold, horizon_s=horizon_s
+        )
+        prompts = KeyedStore(
+            await bus.kv(PROMPT_STATS_BUCKET), empty_aggregate, fold, horizon_s=horizon_s
+        )
         return cls(tips, prompts, rewards, metrics)
 
     def parse(self, subject: str, data: bytes) -> tuple[str, FeedbackEvent]:
@@ -105,5 +118,4 @@ class FeedbackHandler:
         return result
 
     def set_floor(self, floor: int) -> None:
-        self.tips.floor = floor
-        self.prompts.floor = floor
+        """Nothing to prune at the ack floor: the stores forget event ids by the horizon."""

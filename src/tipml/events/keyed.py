@@ -1,27 +1,34 @@
 """Idempotent, concurrent-safe state writes to a JetStream key-value bucket.
 
-Every record is an envelope ``{"s": state, "a": [[stream_seq, event_id], ...]}``: the state
-and the events already folded into it that the consumer could still redeliver. A write
+Every record is an envelope ``{"s": state, "d": {arrival_hour: ids}}``: the state, and the
+event ids already folded into it during the *duplicate horizon* (``TIPML_DEDUPE_HORIZON_S``,
+7 days by default), grouped by the hour the event reached the stream (``ids`` is the
+url-safe base64 of 8-byte BLAKE2b digests of the event ids). A write
 
 1. reads the record (or takes it from a cache of recently written revisions — no read needed
    when nobody else wrote the key since),
-2. drops the events it already holds (same stream sequence: a redelivery; same ``event_id``:
-   a duplicate publish),
-3. folds in the rest with a pure function and writes with compare-and-set on the revision,
+2. drops the events it already holds — a redelivery, a producer's retry under a new
+   ``Nats-Msg-Id``, a phone re-uploading its queue an hour later, a dead letter replayed after
+   a partial write: anything with an event id folded in within the horizon,
+3. folds in the rest with a pure function, adds their ids, forgets the ids that arrived more
+   than the horizon before the newest one, and writes with compare-and-set on the revision,
 4. on a revision conflict (another replica wrote first) re-reads and tries again.
 
-``a`` stays small: entries at or below the consumer's *ack floor* are dropped — the server
-never redelivers those — so it holds at most the consumer's in-flight window for that key.
-Duplicate publishes beyond that are dropped by the stream's duplicate window (``Nats-Msg-Id``).
+The id set and the state change in one compare-and-set, so a crash between them cannot count
+an event twice or lose it. Its size is bounded by the events the key takes within the horizon:
+about 11 bytes each (a user with 200 signals a day: ~15 KB; a key taking more than ~10,000
+events a day should be sharded — see ADR 0008).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -44,11 +51,67 @@ def kv_key(raw: str) -> str:
     return "b64=" + base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+def decode_state(value: bytes) -> Any:
+    """The state inside an encoded record."""
+    return orjson.loads(value)["s"]
+
+
 @dataclass(frozen=True)
 class Item(Generic[E]):
     seq: int  # stream sequence of the message
     event_id: str
     event: E
+    arrived: float = 0.0  # when the message reached the stream (epoch s); 0: now
+
+
+DEFAULT_HORIZON_S = 7 * 86400.0
+_HOUR = 3600
+_DIGEST = 8
+
+
+def event_digest(event_id: str) -> bytes:
+    return hashlib.blake2b(event_id.encode(), digest_size=_DIGEST).digest()
+
+
+class SeenIds:
+    """The event ids a record has folded in, by arrival hour, within the horizon."""
+
+    def __init__(self, buckets: dict[int, bytes]) -> None:
+        self.buckets = buckets
+        self._all = {
+            b[i : i + _DIGEST] for b in buckets.values() for i in range(0, len(b), _DIGEST)
+        }
+
+    @classmethod
+    def decode(cls, record: dict[str, Any] | None) -> SeenIds:
+        if not record:
+            return cls({})
+        buckets = {
+            int(hour): base64.urlsafe_b64decode(ids.encode())
+            for hour, ids in (record.get("d") or {}).items()
+        }
+        legacy = record.get("a")  # records written before the horizon: [[seq, event_id], …]
+        if legacy:
+            hour = int(time.time() // _HOUR)
+            buckets[hour] = buckets.get(hour, b"") + b"".join(event_digest(e) for _, e in legacy)
+        return cls(buckets)
+
+    def __contains__(self, digest: bytes) -> bool:
+        return digest in self._all
+
+    def add(self, hour: int, digest: bytes) -> None:
+        self.buckets[hour] = self.buckets.get(hour, b"") + digest
+        self._all.add(digest)
+
+    def encode(self, horizon_s: float) -> dict[str, str]:
+        if not self.buckets:
+            return {}
+        oldest = max(self.buckets) - int(horizon_s // _HOUR)
+        return {
+            str(hour): base64.urlsafe_b64encode(ids).decode()
+            for hour, ids in sorted(self.buckets.items())
+            if hour >= oldest
+        }
 
 
 class ConflictError(TipmlError):
@@ -69,6 +132,7 @@ class KeyedStore(Generic[E]):
         empty: Callable[[], State],
         fold: Callable[[State, list[E]], State],  # gets a private copy: may fold in place
         *,
+        horizon_s: float = DEFAULT_HORIZON_S,
         cache_size: int = 100_000,
         max_attempts: int = 20,
         concurrency: int = 256,
@@ -76,7 +140,7 @@ class KeyedStore(Generic[E]):
         self.kv = kv
         self.empty = empty
         self.fold = fold
-        self.floor = 0  # consumer ack floor (stream sequence); set by the consumer
+        self.horizon_s = horizon_s
         # key -> (revision, encoded record): decoding gives every write a private copy
         self._cache: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self._cache_size = cache_size
@@ -111,16 +175,19 @@ class KeyedStore(Generic[E]):
                 cached = self._cache.get(key)
                 revision, raw = cached if cached else await self.read_raw(key)
                 record = orjson.loads(raw) if raw else None
-                applied = [(s, e) for s, e in (record or {}).get("a", []) if s > self.floor]
-                seen_seq = {s for s, _ in applied}
-                seen_ids = {e for _, e in applied}
-                new = [i for i in items if i.seq not in seen_seq and i.event_id not in seen_ids]
+                seen = SeenIds.decode(record)
+                new: list[Item[E]] = []
+                for item in items:
+                    digest = event_digest(item.event_id)
+                    if digest in seen:
+                        continue
+                    seen.add(int((item.arrived or time.time()) // _HOUR), digest)
+                    new.append(item)
                 result.duplicates = len(items) - len(new)
                 if not new:
                     return result
                 state = self.fold(record["s"] if record else self.empty(), [i.event for i in new])
-                applied.extend((i.seq, i.event_id) for i in new)
-                envelope = {"s": state, "a": applied}
+                envelope = {"s": state, "d": seen.encode(self.horizon_s)}
                 value = orjson.dumps(envelope)
                 try:
                     if revision == 0:
@@ -152,6 +219,3 @@ class KeyedStore(Generic[E]):
             total.duplicates += r.duplicates
             total.conflicts += r.conflicts
         return total
-
-
-Loader = Callable[[str], Awaitable[State | None]]

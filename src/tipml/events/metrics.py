@@ -28,6 +28,12 @@ class EventMetrics:
         self.dead_letters = Counter(
             "tipml_events_dead_letters", "Events dead-lettered.", ["consumer", "reason"], registry=r
         )
+        self.loop_errors = Counter(
+            "tipml_consumer_loop_errors",
+            "Batches whose ack, nak, term or dead-letter publish failed (the loop goes on).",
+            ["consumer"],
+            registry=r,
+        )
         self.lag = Gauge(
             "tipml_consumer_lag",
             "Messages not yet delivered to the consumer.",
@@ -55,6 +61,11 @@ class EventMetrics:
         )
         self.decisions_spilled = Counter(
             "tipml_decisions_spilled", "Decisions written to the local spill file.", registry=r
+        )
+        self.decisions_corrupt = Counter(
+            "tipml_decisions_corrupt_spill_lines",
+            "Unreadable lines skipped in a decision spill file (e.g. cut by a crash).",
+            registry=r,
         )
         self.decisions_dropped = Counter(
             "tipml_decisions_dropped",

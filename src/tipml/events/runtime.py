@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
@@ -30,7 +29,7 @@ from tipml.events.bus import (
 from tipml.events.consumer import ConsumerRunner, Handler
 from tipml.events.decisions import DecisionLog
 from tipml.events.handlers import FeedbackHandler, SignalsHandler
-from tipml.events.keyed import kv_key
+from tipml.events.keyed import decode_state, kv_key
 from tipml.events.metrics import EventMetrics
 from tipml.experiments.rewards import RewardTable, tip_stats
 from tipml.features.online import materialize
@@ -85,6 +84,9 @@ class EventsRuntime:
         self._watch_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._user_kv: KeyValue | None = None
+        self.tip_view_live = False
+        self.tip_view_seen = 0.0
+        self.tip_view_error: str | None = None
 
     @property
     def url(self) -> str:
@@ -149,16 +151,43 @@ class EventsRuntime:
         assert self.bus is not None
         out: list[Handler] = []
         if "signals" in self.consumer_names:
-            out.append(await SignalsHandler.create(self.bus, self.metrics))
+            out.append(
+                await SignalsHandler.create(
+                    self.bus, self.metrics, horizon_s=self.settings.dedupe_horizon_s
+                )
+            )
         if "feedback" in self.consumer_names:
             rewards = RewardTable(self.settings.rewards)
-            out.append(await FeedbackHandler.create(self.bus, rewards, self.metrics))
+            out.append(
+                await FeedbackHandler.create(
+                    self.bus, rewards, self.metrics, horizon_s=self.settings.dedupe_horizon_s
+                )
+            )
         if "archiver" in self.consumer_names:
             out.extend(archivers(self.settings.data_dir / "offline"))
         return out
 
     async def _watch_tips(self) -> None:
-        """Keep the process's read-only view of per-tip aggregates in step with the bucket."""
+        """Keep the process's read-only view of per-tip aggregates in step with the bucket.
+        Supervised: whatever the watch raises — including re-creating it — is recorded (the
+        ``tip_view`` component of ``/readyz``) and the watch starts over from the bucket's
+        current values after a back-off, so ``/score`` never serves stale rewards silently."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                await self._watch_tips_once()
+                return
+            except Exception as exc:
+                failures += 1
+                self.tip_view_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.tip_view_live = False
+                log.error("tip view watch failed; restarting", extra={"error": self.tip_view_error})
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        self._stopping.wait(), timeout=min(0.5 * 2 ** min(failures - 1, 4), 8.0)
+                    )
+
+    async def _watch_tips_once(self) -> None:
         assert self.bus is not None
         assert self.tip_view is not None
         kv = await self.bus.kv(TIP_STATS_BUCKET)
@@ -173,14 +202,10 @@ class EventsRuntime:
                     entry = await watcher.updates(timeout=0.2)  # type: ignore[no-untyped-call]
                 except TimeoutError:
                     entry = None
-                except Exception:
-                    await asyncio.sleep(0.5)
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
-                    watcher = await kv.watchall()
-                    continue
+                self.tip_view_live = True
+                self.tip_view_seen = time.monotonic()
                 if entry is not None and entry.key and entry.value:
-                    current[kv_key_decode(entry.key)] = tip_stats(orjson.loads(entry.value)["s"])
+                    current[kv_key_decode(entry.key)] = tip_stats(decode_state(entry.value))
                     dirty = True
                     continue
                 if dirty:  # swap in a new snapshot once the burst of updates is read
@@ -202,7 +227,7 @@ class EventsRuntime:
             return None
         if not entry.value:
             return None
-        return materialize(orjson.loads(entry.value)["s"], time.time())
+        return materialize(decode_state(entry.value), time.time())
 
     def health(self) -> dict[str, tuple[bool, str]]:
         out: dict[str, tuple[bool, str]] = {}
@@ -214,21 +239,40 @@ class EventsRuntime:
         for runner in self.runners:
             out[f"consumer:{runner.handler.name}"] = runner.healthy()
         if self.decisions is not None:
-            buffered = self.decisions.buffered
-            out["decision_log"] = (
-                True,
-                f"{self.decisions.published} published, {buffered} buffered",
-            )
+            out["decision_log"] = self.decisions.health()
+        if self.tip_view is not None and self.status == "ready":
+            out["tip_view"] = self._tip_view_health()
         return out
 
+    def _tip_view_health(self) -> tuple[bool, str]:
+        task = self._watch_task
+        if task is None or task.done():
+            return False, f"not watching tip_stats: {self.tip_view_error or 'not started'}"
+        if not self.tip_view_live:
+            return False, f"watch of tip_stats restarting after: {self.tip_view_error}"
+        age = time.monotonic() - self.tip_view_seen
+        if age > 10:
+            return False, f"no word from the tip_stats watch for {age:.0f} s"
+        return True, f"watching tip_stats: {len(self.tip_view.snapshot())} tips"  # type: ignore[union-attr]
+
     async def stop(self) -> None:
-        await asyncio.gather(*(runner.stop() for runner in self.runners))
+        """Every step runs whatever the one before did: consumers, the tip view, the decision
+        flush (or spill), the NATS connection, the embedded server."""
+        results = await asyncio.gather(
+            *(runner.stop() for runner in self.runners), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                log.error("consumer stop failed", extra={"error": repr(result)[:300]})
         self._stopping.set()
         if self._watch_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._watch_task, timeout=2)
         if self.decisions is not None:
-            await self.decisions.stop()
+            try:
+                await self.decisions.stop()
+            except Exception:
+                log.exception("decision log stop failed")
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -10,7 +10,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from tipml.errors import TipmlError
 
@@ -30,11 +37,21 @@ class _Event(BaseModel):
     user_id: Id
     ts: datetime
 
+    @field_validator("ts")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        """Every event time is UTC from here on (a naive one is taken as UTC): hour-of-day
+        features and archive date partitions must not depend on the producer's offset."""
+        try:
+            return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        except (OverflowError, ValueError):
+            raise ValueError("out of range once converted to UTC") from None
+
     def ts_utc(self) -> datetime:
-        return self.ts if self.ts.tzinfo else self.ts.replace(tzinfo=UTC)
+        return self.ts
 
     def epoch(self) -> float:
-        return self.ts_utc().timestamp()
+        return self.ts.timestamp()
 
 
 class SignalEvent(_Event):

@@ -160,6 +160,9 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         )
     for name, (ok, detail) in runtime.events.health().items():
         components[name] = ComponentStatus(ok=ok, detail=detail)
+    if runtime.settings.online_store != "jetstream":
+        ok, detail = runtime.online.health()
+        components["online_store"] = ComponentStatus(ok=ok, detail=detail)
     ready = all(c.ok for c in components.values())
     body = ReadyResponse(ready=ready, components=components)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import httpx
 import yaml
 
 from tipml.errors import ConfigError, GatewayError
@@ -54,6 +55,7 @@ class GatewayConfig:
     router_settings: dict[str, Any]
     uses_local_llm: bool
     max_in_flight: int | None = None
+    stream: bool = False
 
     @property
     def mode(self) -> Mode:
@@ -117,7 +119,10 @@ def load_gateway_config(path: Path, env: Mapping[str, str] | None = None) -> Gat
     max_in_flight = raw.get("max_in_flight")
     if max_in_flight is not None and (not isinstance(max_in_flight, int) or max_in_flight < 1):
         raise ConfigError(f"gateway config {path}: max_in_flight must be a positive integer")
-    return GatewayConfig(default_route, model_list, settings, uses_local, max_in_flight)
+    stream = raw.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ConfigError(f"gateway config {path}: stream must be true or false")
+    return GatewayConfig(default_route, model_list, settings, uses_local, max_in_flight, stream)
 
 
 def _mentions(node: object, needle: str) -> bool:
@@ -195,15 +200,40 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 
 class LiteLLMGateway:
     """``LLMGateway`` over a LiteLLM ``Router``. Importing LiteLLM takes seconds: build this
-    off the request path (the app builds it in the background at start-up)."""
+    off the request path (the app builds it in the background at start-up).
+
+    With ``stream: true`` (the packaged config, for the embedded llama.cpp server) every call
+    streams, so a call abandoned at its deadline is stopped for real: closing the stream
+    closes the connection and the server stops generating. (LiteLLM opens a text-completion
+    stream lazily, after its retry and fallback logic: a route that needs ``num_retries`` or
+    ``fallbacks`` — a hosted provider, where an abandoned call costs money but not our cores
+    — leaves ``stream`` off.) With ``max_in_flight`` set, calls queue for a slot, and the gateway sheds
+    load instead of queueing work that cannot finish: from a moving average of the service
+    time it estimates each call's wait, and answers ``overloaded`` at once when the wait plus
+    one call would pass the deadline, or when a slot frees up too late to finish in time.
+    """
 
     def __init__(self, config: GatewayConfig) -> None:
+        import litellm
         from litellm.router import Router
 
+        # Without a shared client LiteLLM builds a new HTTP client (an aiohttp session, its
+        # connector and sockets) for many calls and never closes it: "Unclosed client
+        # session" warnings and file descriptors that only the garbage collector returns.
+        # One pooled client for the process, closed by ``aclose``.
+        self._http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            timeout=httpx.Timeout(30.0, connect=5.0),
+        )
+        litellm.aclient_session = self._http
         self.config = config
         self._router = Router(model_list=config.model_list, **config.router_settings)
-        limit = config.max_in_flight
-        self._slots = asyncio.Semaphore(limit) if limit else None
+        self._limit = config.max_in_flight
+        self._slots = asyncio.Semaphore(self._limit) if self._limit else None
+        self._in_flight = 0
+        self._waiting = 0
+        self.service_s: float | None = None  # moving average of one call's time in a slot
+        self.shed = 0
 
     @property
     def mode(self) -> Mode:
@@ -212,6 +242,16 @@ class LiteLLMGateway:
     @property
     def routes(self) -> list[str]:
         return self.config.route_names()
+
+    def expected_s(self) -> float | None:
+        """Expected time from now until a new call would be answered (None: not measured)."""
+        if self._limit is None or self.service_s is None:
+            return self.service_s
+        ahead = max(0, self._in_flight + self._waiting + 1 - self._limit)
+        return ahead * self.service_s / self._limit + self.service_s
+
+    def _observe(self, seconds: float) -> None:
+        self.service_s = seconds if self.service_s is None else 0.8 * self.service_s + 0.2 * seconds
 
     async def complete(
         self,
@@ -223,50 +263,138 @@ class LiteLLMGateway:
     ) -> LLMResult:
         started = time.perf_counter()
         route = self.config.default_route
+        expected = self.expected_s()
+        if self._limit is not None and expected is not None and expected > deadline_s:
+            self.shed += 1
+            raise GatewayError(
+                f"{self._in_flight} in flight and {self._waiting} queued: an answer would "
+                f"take about {expected:.1f} s, over the {deadline_s:g} s deadline",
+                reason="overloaded",
+            )
         try:
-            async with asyncio.timeout(deadline_s), self._slot():
-                if self.mode == "completion":
-                    resp = await self._router.atext_completion(model=route, prompt=prompt, **params)
-                    choice = resp.choices[0]
-                    text = choice.text or ""
+            async with asyncio.timeout(deadline_s), self._slot(started + deadline_s):
+                began = time.perf_counter()
+                if self.config.stream:
+                    result = await self._stream(route, prompt, messages, params)
                 else:
-                    resp = await self._router.acompletion(
-                        model=route, messages=list(messages or []), **params
-                    )
-                    choice = resp.choices[0]
-                    text = choice.message.content or ""
+                    result = await self._once(route, prompt, messages, params)
+                self._observe(time.perf_counter() - began)
         except TimeoutError as exc:
             raise GatewayError(f"no answer within {deadline_s:g} s", reason="deadline") from exc
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GatewayError):
             raise
         except Exception as exc:
             raise GatewayError(f"{type(exc).__name__}: {exc}"[:300], reason=_reason(exc)) from exc
-        usage = getattr(resp, "usage", None)
+        text, model, finish, prompt_tokens, completion_tokens = result
         return LLMResult(
             route=route,
             text=text,
-            model=str(getattr(resp, "model", None) or route),
-            finish_reason=getattr(choice, "finish_reason", None),
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            model=model or route,
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             latency_s=time.perf_counter() - started,
         )
 
+    async def _once(
+        self,
+        route: str,
+        prompt: str | None,
+        messages: Sequence[Mapping[str, str]] | None,
+        params: Mapping[str, Any],
+    ) -> tuple[str, str, str | None, int, int]:
+        if self.mode == "completion":
+            resp = await self._router.atext_completion(model=route, prompt=prompt, **params)
+            choice = resp.choices[0]
+            text = choice.text or ""
+        else:
+            resp = await self._router.acompletion(
+                model=route, messages=list(messages or []), **params
+            )
+            choice = resp.choices[0]
+            text = choice.message.content or ""
+        usage = getattr(resp, "usage", None)
+        return (
+            text,
+            str(getattr(resp, "model", None) or ""),
+            getattr(choice, "finish_reason", None),
+            int(getattr(usage, "prompt_tokens", 0) or 0),
+            int(getattr(usage, "completion_tokens", 0) or 0),
+        )
+
+    async def _stream(
+        self,
+        route: str,
+        prompt: str | None,
+        messages: Sequence[Mapping[str, str]] | None,
+        params: Mapping[str, Any],
+    ) -> tuple[str, str, str | None, int, int]:
+        options = {"stream": True, "stream_options": {"include_usage": True}, **params}
+        if self.mode == "completion":
+            stream = await self._router.atext_completion(model=route, prompt=prompt, **options)
+        else:
+            stream = await self._router.acompletion(
+                model=route, messages=list(messages or []), **options
+            )
+        parts: list[str] = []
+        model, finish, usage, chunks = "", None, None, 0
+        try:
+            async for chunk in stream:
+                chunks += 1
+                model = str(getattr(chunk, "model", None) or model)
+                usage = getattr(chunk, "usage", None) or usage
+                for choice in getattr(chunk, "choices", None) or []:
+                    delta = getattr(choice, "delta", None)
+                    piece = getattr(delta, "content", None) if delta is not None else None
+                    parts.append(piece if piece is not None else getattr(choice, "text", "") or "")
+                    finish = getattr(choice, "finish_reason", None) or finish
+        finally:
+            # closing the stream closes the connection: the provider stops generating
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) or chunks
+        return "".join(parts), model, finish, prompt_tokens, completion_tokens
+
     @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """Wait (within the deadline) for one of ``max_in_flight`` slots. A request that
-        times out while queued never reaches the provider, so a slow local model is not
-        handed work nobody waits for any more."""
+    async def _slot(self, deadline: float) -> AsyncIterator[None]:
+        """One of ``max_in_flight`` slots, waited for within the deadline. A call that gets
+        its slot too late to finish gives it back at once (``overloaded``): the model only
+        works on calls that can still be answered in time."""
         if self._slots is None:
-            yield
+            self._in_flight += 1
+            try:
+                yield
+            finally:
+                self._in_flight -= 1
             return
-        async with self._slots:
-            yield
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            left = deadline - time.perf_counter()
+            if self.service_s is not None and left < self.service_s:
+                self.shed += 1
+                raise GatewayError(
+                    f"a slot freed up with {max(left, 0):.1f} s left; one answer takes about "
+                    f"{self.service_s:.1f} s",
+                    reason="overloaded",
+                )
+            self._in_flight += 1
+            try:
+                yield
+            finally:
+                self._in_flight -= 1
+        finally:
+            self._slots.release()
 
     async def aclose(self) -> None:
-        try:
-            import litellm
+        import litellm
 
+        if litellm.aclient_session is self._http:
+            litellm.aclient_session = None
+        await self._http.aclose()
+        with contextlib.suppress(Exception):
             await litellm.close_litellm_async_clients()  # type: ignore[attr-defined,no-untyped-call]
-        except Exception:  # noqa: S110 - best effort at shutdown
-            pass

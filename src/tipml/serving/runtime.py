@@ -46,6 +46,15 @@ class OnlineStoreHolder:
 
     def __init__(self, default: OnlineFeatureStore) -> None:
         self.store: OnlineFeatureStore | None = default
+        self.kind = "jetstream"
+        self.error: str | None = None
+
+    def health(self) -> tuple[bool, str]:
+        if self.store is not None:
+            return True, f"{self.kind} online store"
+        if self.error is not None:
+            return False, f"{self.kind} online store unavailable: {self.error}"
+        return False, f"{self.kind} online store starting"
 
     async def user_features(self, user_id: str) -> dict[str, Any] | None:
         store = self.store
@@ -107,6 +116,7 @@ class Runtime:
         await self.events.start()
         if self.settings.online_store == "feast":
             self.online.store = None
+            self.online.kind = f"feast ({self.settings.feast_online})"
             self._feast_task = asyncio.create_task(self._start_feast(), name="feast")
         self._task = asyncio.create_task(self._start_gateway(), name="tipml-gateway-start")
 
@@ -116,7 +126,8 @@ class Runtime:
         try:
             self.online.store = await asyncio.to_thread(FeastOnlineStore, self.settings)
         except Exception as exc:
-            log.error("feast online store unavailable", extra={"error": str(exc)[:300]})
+            self.online.error = f"{type(exc).__name__}: {exc}"[:300]
+            log.error("feast online store unavailable", extra={"error": self.online.error})
 
     async def wait_gateway(self, timeout_s: float) -> GatewayState:
         if self._task is not None:

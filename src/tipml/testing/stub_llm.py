@@ -10,7 +10,12 @@ model name picks the behaviour, so one server backs many LiteLLM routes:
 * ``hang`` — never answers (until the server stops);
 * ``drip`` — sends the response one byte every 0.2 s;
 * ``error-<status>`` — answers with that HTTP status (e.g. ``error-500``, ``error-429``);
-* ``flaky-<n>`` — fails with 500 the first ``n`` times, then answers.
+* ``flaky-<n>`` — fails with 500 the first ``n`` times, then answers;
+* ``stream-forever`` — streams words until the client goes away (``cancelled`` counts the
+  streams a client abandoned: a gateway that stops a call for real shows up there).
+
+A request with ``"stream": true`` is answered as server-sent events, word by word, as OpenAI
+does (usage in the last chunk when ``stream_options.include_usage`` is set).
 
 It runs uvicorn in its own thread and event loop, independent of the caller's loop.
 """
@@ -41,6 +46,7 @@ class StubLLM:
         self.text = text
         self.port = port or free_port()
         self.calls: Counter[str] = Counter()
+        self.cancelled: Counter[str] = Counter()
         self._stop = asyncio.Event()
         app = Starlette(
             routes=[
@@ -129,6 +135,11 @@ class StubLLM:
             )
         elif model.startswith("flaky-") and self.calls[model] <= int(model[6:]):
             return JSONResponse({"error": {"message": "flaky", "type": "stub"}}, status_code=500)
+        if payload.get("stream"):
+            include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(
+                self._sse(chat, model, text, include_usage), media_type="text/event-stream"
+            )
         body = orjson.dumps(self._body(chat, model, text))
         if model == "drip":
 
@@ -139,6 +150,49 @@ class StubLLM:
 
             return StreamingResponse(drip(), media_type="application/json")
         return Response(body, media_type="application/json")
+
+    def _chunk(self, chat: bool, model: str, piece: str, finish: str | None) -> dict[str, Any]:
+        if chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": {"content": piece} if piece else {},
+                "finish_reason": finish,
+            }
+        else:
+            choice = {"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}
+        return {
+            "id": "cmpl-stub",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [choice],
+        }
+
+    async def _sse(
+        self, chat: bool, model: str, text: str, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        def event(data: dict[str, Any]) -> bytes:
+            return b"data: " + orjson.dumps(data) + b"\n\n"
+
+        try:
+            if model == "stream-forever":
+                while True:
+                    yield event(self._chunk(chat, model, " more", None))
+                    await asyncio.sleep(0.05)
+            words = text.split(" ")
+            for i, word in enumerate(words):
+                yield event(self._chunk(chat, model, word if i == 0 else " " + word, None))
+                if model == "drip":
+                    await asyncio.sleep(0.2)
+            last = self._chunk(chat, model, "", "stop")
+            yield event(last)
+            if include_usage:
+                usage = self._body(chat, model, text)["usage"]
+                yield event({**self._chunk(chat, model, "", None), "choices": [], "usage": usage})
+            yield b"data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            self.cancelled[model] += 1
+            raise
 
 
 def main() -> None:

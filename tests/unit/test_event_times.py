@@ -1,0 +1,60 @@
+"""Event times are UTC from the edge on (issue 7, finding 10): the hour-of-day histogram and
+the archive's date partitions must not depend on the producer's UTC offset."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tipml.events.archive import Archiver
+from tipml.events.bus import SIGNALS
+from tipml.events.keyed import Item
+from tipml.events.schemas import InvalidEvent, parse_signal
+from tipml.features.online import empty_user_state, fold_signals, materialize
+
+
+def _signal(ts: str, eid: str = "e1") -> bytes:
+    return orjson.dumps({"event_id": eid, "user_id": "u", "ts": ts})
+
+
+@pytest.mark.parametrize(
+    ("ts", "utc"),
+    [
+        ("2026-11-27T02:00:00+05:30", datetime(2026, 11, 26, 20, 30, tzinfo=UTC)),
+        ("2026-11-27T20:00:00-08:00", datetime(2026, 11, 28, 4, 0, tzinfo=UTC)),
+        ("2026-11-27T20:00:00", datetime(2026, 11, 27, 20, 0, tzinfo=UTC)),
+    ],
+)
+def test_event_time_is_normalised_to_utc(ts: str, utc: datetime) -> None:
+    event = parse_signal("signals.app.opened", _signal(ts))
+    assert event.ts == utc
+    assert event.ts.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+
+
+def test_active_hours_count_the_utc_hour() -> None:
+    events = [
+        parse_signal("signals.app.opened", _signal("2026-11-27T02:00:00+05:30", "a")),
+        parse_signal("signals.app.opened", _signal("2026-11-27T20:00:00-08:00", "b")),
+    ]
+    state = fold_signals(empty_user_state(), events)
+    hours = materialize(state, datetime(2026, 11, 29, tzinfo=UTC).timestamp())["active_hours"]
+    assert hours[20] == 1  # 02:00 +05:30 is 20:30 UTC
+    assert hours[4] == 1  # 20:00 -08:00 is 04:00 UTC the next day
+    assert sum(hours) == 2
+
+
+def test_archive_partitions_by_utc_date(tmp_path: Path) -> None:
+    archiver = Archiver(SIGNALS, tmp_path)
+    _, row = archiver.parse("signals.app.opened", _signal("2026-11-27T20:00:00-08:00"))
+    asyncio.run(archiver.handle([Item(1, "e1", row)]))
+    assert [p.name for p in (tmp_path / "signals").iterdir()] == ["date=2026-11-28"]
+
+
+def test_an_event_time_that_overflows_utc_is_invalid() -> None:
+    with pytest.raises(InvalidEvent) as info:
+        parse_signal("signals.app.opened", _signal("0001-01-01T00:00:00+05:00"))
+    assert info.value.field == "ts"
