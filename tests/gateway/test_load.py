@@ -48,7 +48,7 @@ async def test_a_call_abandoned_at_the_deadline_stops_for_real(
         for _ in range(60):
             if stub_llm.cancelled["stream-forever"] > before:
                 break
-            await asyncio.sleep(0.05)  # noqa: ASYNC110 - the stub counts in another thread
+            await asyncio.sleep(0.05)
         assert stub_llm.cancelled["stream-forever"] == before + 1  # the provider saw it go
     finally:
         await gateway.aclose()
