@@ -209,8 +209,9 @@ class LiteLLMGateway:
     ``fallbacks`` — a hosted provider, where an abandoned call costs money but not our cores
     — leaves ``stream`` off.) With ``max_in_flight`` set, calls queue for a slot, and the
     gateway sheds load instead of queueing work that cannot finish: from a moving average of
-    the service time it estimates each call's wait, and answers ``overloaded`` at once when the wait plus
-    one call would pass the deadline, or when a slot frees up too late to finish in time.
+    the service time it estimates each call's wait, and answers ``overloaded`` at once when
+    the wait plus one call would pass the deadline, or when a slot frees up too late to
+    finish in time.
     """
 
     def __init__(self, config: GatewayConfig) -> None:
