@@ -16,6 +16,12 @@ Writes ``bench/results/events-<utc>.json`` and ``events-latest.json`` and prints
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# `python bench/<name>.py` puts bench/ on the path, not the repository: make `bench` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import asyncio
 import json
@@ -35,7 +41,7 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
 
-from bench.bench_serving import machine, pct
+from bench.common import machine, pct
 from tipml.events.bus import SIGNALS, EmbeddedNats, connect, provision
 from tipml.events.consumer import ConsumerRunner
 from tipml.events.handlers import SignalsHandler

@@ -1,6 +1,6 @@
 """Feature-assembly benchmark (run on demand, not a test).
 
-    .venv/bin/python -m bench.bench_features [--n 2000]
+    .venv/bin/python bench/bench_features.py [--n 2000]
 
 For one ``/score`` call: read the user's online features from the store and build the feature
 matrix of 100 candidates; and, for ``/generate``, assemble the prompt context (online features
@@ -9,6 +9,12 @@ get of the same record in the same run. Writes ``bench/results/features-*.json``
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `python bench/<name>.py` puts bench/ on the path, not the repository: make `bench` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
@@ -23,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
 
-from bench.bench_serving import machine, pct
+from bench.common import machine, pct
 from tipml.events.bus import USER_FEATURES_BUCKET, EmbeddedNats
 from tipml.events.keyed import Item, KeyedStore, kv_key
 from tipml.events.runtime import EventsRuntime

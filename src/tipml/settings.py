@@ -61,8 +61,17 @@ class Settings(BaseSettings):
     local_llm_model: Path | None = Field(
         None, description="GGUF file for the local model; default: assembled Gemma 3 270M."
     )
+    local_llm_server: Literal["llama-server", "llama-cpp-python"] = Field(
+        "llama-server", description="Which llama.cpp server runs the embedded model (ADR 0008)."
+    )
     local_llm_threads: int = Field(2, ge=1, le=64)
-    local_llm_ctx: int = Field(1024, ge=256, le=32768)
+    local_llm_ctx: int = Field(1024, ge=256, le=32768, description="Context per slot.")
+    local_llm_slots: int = Field(
+        4, ge=1, le=32, description="Parallel slots of llama-server, each with its own cache."
+    )
+    local_llm_nice: int = Field(
+        10, ge=0, le=19, description="CPU niceness of the embedded model (0: same as the API)."
+    )
     local_llm_startup_s: float = Field(60.0, gt=0)
 
     # -- event backbone (NATS JetStream) --------------------------------------------------------

@@ -117,6 +117,10 @@ def test_bad_generate_input_names_the_field(
         ("say:Visit_https://example.com_for_more_tips_today.", "guard_url"),
         ("say:<b>Drink</b>_more_water_today.", "guard_html"),
         ("say:", "guard_empty"),
+        (
+            "say:Try_dimming_the_lights_and_putting_your_phone_away_before_bed.",
+            "guard_copied_example",
+        ),
     ],
 )
 def test_llm_problems_end_in_fallback_never_5xx(
@@ -141,6 +145,7 @@ def test_llm_problems_end_in_fallback_never_5xx(
         data = resp.json()
         assert data["fallback"] is True
         assert data["fallback_reason"] == reason
+        assert data["model"] == "fallback"  # a guard rejection serves no model text
         assert data["text"] == VERSIONS["v1"].fallback["sleep"].format(day_part="evening")
         assert data["latency_ms"] < 1500 + 500
         metrics = c.get("/metrics").text

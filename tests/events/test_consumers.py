@@ -24,6 +24,7 @@ from tipml.events.runtime import EventsRuntime
 from tipml.events.schemas import parse_signal
 from tipml.experiments.rewards import RewardTable
 from tipml.features.online import apply_signals, empty_user_state, materialize
+from tipml.features.tip_features import TipStatsView
 
 
 @pytest.fixture
@@ -204,8 +205,20 @@ async def test_feedback_updates_tip_and_prompt_aggregates(runtime: EventsRuntime
     v1 = orjson.loads((await prompts.get("v1")).value or b"")["s"]
     assert v1["reactions"] == {"completed": 1, "dismissed": 1}
 
-    # /score's tip view follows the bucket
-    assert runtime.bus is not None
+    # /score's tip view follows the bucket: a serving process's watched view sees the result
+    view = TipStatsView()
+    serving = EventsRuntime(runtime.settings, CollectorRegistry(), tip_view=view, name="serve")
+    await serving.start(wait=True)
+    try:
+
+        async def seen() -> bool:
+            stats = view.snapshot().get("sleep-001")
+            return stats is not None and stats.impressions == 4
+
+        await eventually(seen, what="the tip view shows the aggregate")
+        assert view.snapshot()["sleep-001"].reward_sum == pytest.approx(tip["reward_sum"])
+    finally:
+        await serving.stop()
 
 
 async def test_archiver_writes_each_event_once_readable_with_duckdb(

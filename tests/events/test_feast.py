@@ -1,5 +1,6 @@
 """Feast behind the same online-store protocol, and its historical retrieval against the
-offline builder. Real Feast (SQLite and the machine's Redis), real bus, real archive."""
+offline builder. Real Feast (SQLite and Redis — the machine's, or one the tests start), real
+bus, real archive."""
 
 from __future__ import annotations
 
@@ -64,8 +65,10 @@ async def loaded(
     await events.stop()
 
 
-def feast_for(settings: Settings, online: str) -> OnlineFeatureStore:
-    configured = settings.model_copy(update={"feast_online": online, "online_timeout_s": 5.0})
+def feast_for(settings: Settings, online: str, redis: str) -> OnlineFeatureStore:
+    configured = settings.model_copy(
+        update={"feast_online": online, "online_timeout_s": 5.0, "feast_redis": redis}
+    )
     rows = feast_store.apply(configured)
     assert rows == 45
     feast_store.materialize(configured)
@@ -74,12 +77,14 @@ def feast_for(settings: Settings, online: str) -> OnlineFeatureStore:
 
 @pytest.mark.parametrize("online", ["sqlite", "redis"])
 async def test_every_online_store_returns_the_same_features(
-    loaded: tuple[Settings, EventsRuntime, list[dict[str, object]]], online: str
+    loaded: tuple[Settings, EventsRuntime, list[dict[str, object]]],
+    online: str,
+    redis_address: str,
 ) -> None:
     settings, events, _ = loaded
     stores: dict[str, OnlineFeatureStore] = {
         "jetstream": events,
-        f"feast-{online}": feast_for(settings, online),
+        f"feast-{online}": feast_for(settings, online, redis_address),
     }
     for name, store in stores.items():  # the protocol's contract, for every implementation
         assert await store.user_features("nobody-here") is None, name

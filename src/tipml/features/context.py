@@ -82,6 +82,11 @@ class PromptContext:
     def facts_text(self) -> str:
         return "; ".join(self.facts) if self.facts else "no history yet"
 
+    def user_texts(self) -> tuple[str, ...]:
+        """What a user controls in this context (the output guard refuses a text that
+        reproduces it): the recent-activity lines and the topic."""
+        return (*self.recent, self.topic)
+
     def recent_text(self) -> str:
         return "\n".join(f"- {r}" for r in self.recent) if self.recent else "- nothing recent"
 

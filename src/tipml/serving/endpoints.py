@@ -152,12 +152,15 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         ),
     }
     if state.local_llm is not None:
-        components["local_llm"] = ComponentStatus(
-            ok=state.local_llm.running,
-            detail=("llama.cpp server running at " + state.local_llm.api_base)
-            if state.local_llm.running
-            else "llama.cpp server is not running",
+        llm = state.local_llm
+        running = llm.running and state.llm_detail is None
+        detail = (
+            f"{llm.server} running at {llm.api_base}"
+            + (f" (restarted {llm.restarts}x)" if llm.restarts else "")
+            if running
+            else state.llm_detail or f"{llm.server} is not running"
         )
+        components["local_llm"] = ComponentStatus(ok=running, detail=detail)
     for name, (ok, detail) in runtime.events.health().items():
         components[name] = ComponentStatus(ok=ok, detail=detail)
     if runtime.settings.online_store != "jetstream":

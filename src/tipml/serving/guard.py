@@ -3,10 +3,16 @@
 Pure. ``check`` first normalises harmless noise (surrounding whitespace and quotes, a leading
 "Tip:" label), then accepts the text or names the first rule it breaks. A rejected text is
 never repaired into something the model did not write: ``/generate`` serves the fallback.
+
+It checks provenance as well as format: a text that reproduces a run of
+``INPUT_RUN_WORDS`` words from anything a user controls (signal titles in the prompt's
+activity block, the topic) is refused — that is how an injected instruction comes back out —
+and so is a near-copy of a few-shot example (``EXAMPLE_SIMILARITY``), not only an exact one.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 
@@ -44,6 +50,15 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
+INPUT_RUN_WORDS = 4
+EXAMPLE_SIMILARITY = 0.75
+
+
+def similarity(a: str, b: str) -> float:
+    """Word-level similarity in [0, 1] (difflib's ratio over the two word sequences)."""
+    return difflib.SequenceMatcher(None, _words(a), _words(b), autojunk=False).ratio()
+
+
 def echoes(text: str, source: str, n: int = 8) -> bool:
     """True when ``text`` shares a run of ``n`` consecutive words with ``source``."""
     tw, sw = _words(text), _words(source)
@@ -60,8 +75,10 @@ def check(
     canary: str,
     system_text: str,
     examples: tuple[str, ...] = (),
+    user_texts: tuple[str, ...] = (),
     min_chars: int = 12,
 ) -> GuardResult:
+    """``user_texts``: every user-controlled string that reached the prompt."""
     text = normalise(raw)
 
     def reject(reason: str) -> GuardResult:
@@ -90,7 +107,9 @@ def check(
     ends = _SENTENCE_END.findall(text.rstrip())
     if len(ends) > 1:
         return reject("multiple_sentences")
-    if any(normalise(ex).lower() == text.lower() for ex in examples):
+    if any(echoes(text, source, INPUT_RUN_WORDS) for source in user_texts):
+        return reject("reproduces_input")
+    if any(similarity(text, normalise(ex)) >= EXAMPLE_SIMILARITY for ex in examples):
         return reject("copied_example")
     if not re.search(r"[A-Za-z]", text[0]) and not text[0].isdigit():
         return reject("malformed")

@@ -37,6 +37,7 @@ class GatewayState:
     detail: str = "gateway is starting"
     gateway: LLMGateway | None = None
     local_llm: LocalLLM | None = None
+    llm_detail: str | None = None  # set while the embedded model is down or restarting
 
 
 class OnlineStoreHolder:
@@ -74,6 +75,7 @@ class Runtime:
     tip_stats: TipStatsView = field(default_factory=TipStatsView)
     _task: asyncio.Task[None] | None = None
     _feast_task: asyncio.Task[None] | None = None
+    _llm_task: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, scorer: Scorer | None = None) -> Runtime:
@@ -152,15 +154,19 @@ class Runtime:
                 settings.data_dir.mkdir(parents=True, exist_ok=True)
                 llm = LocalLLM(
                     model_path,
+                    server=settings.local_llm_server,
                     threads=settings.local_llm_threads,
                     n_ctx=settings.local_llm_ctx,
+                    slots=settings.local_llm_slots,
+                    nice=settings.local_llm_nice,
                     log_path=settings.data_dir / "local-llm.log",
                 )
                 state.local_llm = llm
                 llm.start()
                 await llm.wait_ready(settings.local_llm_startup_s)
                 state.detail = "warming up the local model"
-                await llm.warm_up([_warm_prompt(settings)])
+                await llm.warm_up(_warm_prompts(settings))
+                self._llm_task = asyncio.create_task(self._supervise_llm(llm), name="llm-watch")
                 env = {**_environ(), LOCAL_LLM_VAR: llm.api_base}
                 config = load_gateway_config(settings.gateway_config, env)
             state.detail = "loading LiteLLM"
@@ -182,7 +188,37 @@ class Runtime:
             state.detail = f"{type(exc).__name__}: {exc}"[:500]
             log.error("gateway failed to start", extra={"error": state.detail})
 
+    async def _supervise_llm(self, llm: LocalLLM) -> None:
+        """Restart the embedded model's server when it dies (back-off 1 s doubling to 30 s);
+        ``/readyz`` says so meanwhile, and ``/generate`` serves fallbacks until it is back."""
+        state, settings = self.gateway_state, self.settings
+        delay = 1.0
+        while True:
+            await asyncio.sleep(1.0)
+            if llm.running:
+                continue
+            code = llm.returncode
+            llm.restarts += 1
+            state.llm_detail = f"llama.cpp server exited (code {code}); restart {llm.restarts}"
+            log.error("local llm exited; restarting", extra={"code": code, "n": llm.restarts})
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(llm.stop)
+                llm.start()
+                await llm.wait_ready(settings.local_llm_startup_s)
+                await llm.warm_up(_warm_prompts(settings))
+            except Exception as exc:
+                state.llm_detail = f"restart {llm.restarts} failed: {exc}"[:300]
+                delay = min(delay * 2, 30.0)
+                continue
+            state.llm_detail = None
+            delay = 1.0
+
     async def stop(self) -> None:
+        if self._llm_task is not None:
+            self._llm_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._llm_task
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -202,11 +238,14 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _warm_prompt(settings: Settings) -> str:
+def _warm_prompts(settings: Settings) -> list[str]:
+    """One prompt per released version, the default first: each lands in its own slot, whose
+    cache then holds that version's system text and few-shot examples."""
     from tipml.features.context import build_context
     from tipml.features.profile_schema import EMPTY_PROFILE
+    from tipml.serving.prompts import VERSIONS
 
-    version = resolve_version(None, settings.default_prompt_version)
+    default = resolve_version(None, settings.default_prompt_version)
     ctx = build_context(
         topic="sleep",
         profile=EMPTY_PROFILE,
@@ -214,7 +253,8 @@ def _warm_prompt(settings: Settings) -> str:
         max_chars=settings.generate_max_chars,
         locale=None,
     )
-    return version.render_completion(ctx)
+    versions = [default, *(v for v in VERSIONS.values() if v.key != default.key)]
+    return [v.render_completion(ctx) for v in versions]
 
 
 def _environ() -> dict[str, str]:

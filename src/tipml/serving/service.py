@@ -287,6 +287,7 @@ class GenerateService:
                     canary=CANARY,
                     system_text=version.system,
                     examples=version.example_tips(),
+                    user_texts=ctx.user_texts(),
                 )
                 if result.finish_reason == "length" and verdict.ok:
                     verdict = guard.GuardResult(False, verdict.text, "truncated")
@@ -294,6 +295,7 @@ class GenerateService:
                     text = verdict.text
                 else:
                     reason = f"guard_{verdict.reason}"
+                    model = "fallback"  # the served text is the fallback, not the model's
                     log.info(
                         "guard rejected llm text",
                         extra={"reason": verdict.reason, "text": verdict.text[:300]},
