@@ -94,7 +94,11 @@ def consumer_config(handler: Handler, settings: Settings) -> ConsumerConfig:
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.consumer_ack_wait_s,
-        max_deliver=settings.consumer_max_deliver,
+        # The server never gives up on a message (-1): a message in flight while the process
+        # crashed TIPML_CONSUMER_MAX_DELIVER times must not be stranded without a dead letter.
+        # tipml dead-letters instead: after max_deliver failed attempts, or (a crash loop)
+        # after 2 x max_deliver deliveries that were never acked.
+        max_deliver=-1,
         max_ack_pending=settings.consumer_max_ack_pending,
         max_waiting=512,
     )
@@ -213,6 +217,13 @@ class ConsumerRunner:
             if meta.num_delivered and meta.num_delivered > 1:
                 self.state.redeliveries += 1
                 self.metrics.redeliveries.labels(self.handler.name).inc()
+                if meta.num_delivered > 2 * self.settings.consumer_max_deliver:
+                    await self._dead_letter(
+                        msg,
+                        "crash_loop",
+                        f"delivered {meta.num_delivered} times and never acknowledged",
+                    )
+                    continue
             try:
                 event_id, event = self.handler.parse(msg.subject, msg.data)
             except InvalidEvent as exc:
