@@ -64,10 +64,19 @@ class Settings(BaseSettings):
     local_llm_server: Literal["llama-server", "llama-cpp-python"] = Field(
         "llama-server", description="Which llama.cpp server runs the embedded model (ADR 0008)."
     )
-    local_llm_threads: int = Field(2, ge=1, le=64)
+    local_llm_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="llama.cpp threads; 1 leaves a core to the API (ADR 0008: on 2 cores, 2 "
+        "threads answer faster alone but starve under load).",
+    )
     local_llm_ctx: int = Field(1024, ge=256, le=32768, description="Context per slot.")
     local_llm_slots: int = Field(
         4, ge=1, le=32, description="Parallel slots of llama-server, each with its own cache."
+    )
+    local_llm_poll: int = Field(
+        0, ge=0, le=100, description="llama-server's busy-wait level for work (0: sleep)."
     )
     local_llm_nice: int = Field(
         10, ge=0, le=19, description="CPU niceness of the embedded model (0: same as the API)."

@@ -58,3 +58,22 @@ def test_an_event_time_that_overflows_utc_is_invalid() -> None:
     with pytest.raises(InvalidEvent) as info:
         parse_signal("signals.app.opened", _signal("0001-01-01T00:00:00+05:00"))
     assert info.value.field == "ts"
+
+
+def test_only_infrastructure_errors_are_transient() -> None:
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.errors import APIError, BadRequestError, ServiceUnavailableError
+
+    from tipml.events.consumer import is_transient
+    from tipml.events.keyed import ConflictError
+
+    assert is_transient(NatsTimeout())
+    assert is_transient(NoRespondersError())
+    assert is_transient(ServiceUnavailableError(code=503))
+    assert is_transient(ConflictError("busy key"))
+    assert is_transient(ConnectionResetError())
+    assert not is_transient(BadRequestError(code=400))  # the request is wrong: no retry helps
+    assert not is_transient(APIError(code=None))
+    assert not is_transient(ValueError("a bug"))
+    assert not is_transient(InvalidEvent("bad", field="ts"))

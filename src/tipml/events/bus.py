@@ -226,12 +226,3 @@ async def provision(nc: NATS, settings: Settings) -> Bus:
                 )
             )
     return Bus(nc, js)
-
-
-async def wait_connected(nc: NATS, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if nc.is_connected:
-            return True
-        await asyncio.sleep(0.05)
-    return nc.is_connected

@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, FetchTimeoutError, ServiceUnavailableError
+from nats.js.errors import APIError, FetchTimeoutError
 
 from tipml.events.bus import Bus
 from tipml.events.keyed import ConflictError, Item, WriteResult
@@ -382,7 +382,6 @@ class ConsumerRunner:
 
 _TRANSIENT: tuple[type[BaseException], ...] = (
     NatsError,  # timeouts, no responders, connection closed/draining, slow consumer …
-    ServiceUnavailableError,
     ConflictError,
     OSError,
     asyncio.TimeoutError,
@@ -390,10 +389,14 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 
 
 def is_transient(exc: BaseException) -> bool:
-    """An error of the infrastructure (retry and wait), not of the event (dead-letter it)."""
-    if isinstance(exc, APIError) and exc.code is not None and exc.code >= 500:
-        return True
-    return isinstance(exc, _TRANSIENT) and not isinstance(exc, InvalidEvent)
+    """An error of the infrastructure (retry and wait), not of the event (dead-letter it).
+    A JetStream API error is transient only as a server-side one (5xx: unavailable, no
+    leader); a 4xx says the request itself is wrong and retrying cannot fix it."""
+    if isinstance(exc, InvalidEvent):
+        return False
+    if isinstance(exc, APIError):
+        return exc.code is not None and exc.code >= 500
+    return isinstance(exc, _TRANSIENT)
 
 
 def group_by_key(items: Sequence[Item[Any]], key: Any) -> dict[str, list[Item[Any]]]:

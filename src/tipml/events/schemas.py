@@ -7,7 +7,7 @@ consumer dead-letters it at once (retrying cannot fix a malformed payload).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from pydantic import (
@@ -70,17 +70,6 @@ class FeedbackEvent(_Event):
     reaction: Annotated[str, StringConstraints(min_length=1, max_length=32)]
 
 
-class DecisionEvent(BaseModel):
-    """``ml.decisions.score`` / ``ml.decisions.generate``: one answer of the service."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    decision_id: Id
-    kind: Literal["score", "generate"]
-    user_id: Id
-    ts: datetime
-
-
 def _loads(data: bytes) -> dict[str, Any]:
     try:
         payload = orjson.loads(data)
@@ -110,7 +99,3 @@ def parse_feedback(subject: str, data: bytes) -> FeedbackEvent:
     payload = _loads(data)
     payload.setdefault("reaction", subject.removeprefix("feedback."))
     return _validate(FeedbackEvent, payload)
-
-
-def parse_decision(subject: str, data: bytes) -> DecisionEvent:
-    return _validate(DecisionEvent, _loads(data))

@@ -7,7 +7,6 @@ product's "which prompt earns more reward?" analytics).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,11 +46,6 @@ class RewardTable:
 
 def empty_aggregate() -> Aggregate:
     return {"n": 0, "reward_sum": 0.0, "reactions": {}, "last_ts": None}
-
-
-def apply_feedback(agg: Aggregate, events: list[FeedbackEvent], rewards: RewardTable) -> Aggregate:
-    """A new aggregate with ``events`` folded in (each event is one shown tip's outcome)."""
-    return fold_feedback(copy.deepcopy(agg), events, rewards)
 
 
 def fold_feedback(new: Aggregate, events: list[FeedbackEvent], rewards: RewardTable) -> Aggregate:

@@ -1,8 +1,9 @@
 """Context assembly: what we know about a user right now, in words, for a prompt.
 
-Pure and deterministic: the same inputs give the same ``PromptContext``. The features issue
-adds online signals (recent activity); today the context is built from the profile features,
-the local time and the requested topic.
+Pure and deterministic: the same inputs give the same ``PromptContext``: built from the
+profile features, the local time, the requested topic and — when the online store has them —
+the user's signals (facts in words, and the recent activity as cleaned data lines within a
+character budget).
 """
 
 from __future__ import annotations

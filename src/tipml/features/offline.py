@@ -1,6 +1,6 @@
 """Offline, point-in-time user features from the Parquet log — the same definitions as online.
 
-``user_features_at(root, user_id, at)`` replays the user's signals whose timestamp is at or
+``users_features_at(root, user_ids, at)`` replays each user's signals whose timestamp is at or
 before ``at``, in stream order, through the very fold the signals consumer uses
 (``features.online.fold_signals``), then reads them out with ``materialize``. So the value a
 model is trained on for (user, t) is the value serving would have seen at t.
@@ -52,12 +52,6 @@ def signals_by_user(root: Path, user_ids: Iterable[str] | None) -> dict[str, lis
         seen.add(event.event_id)
         out.setdefault(user_id, []).append(event)
     return out
-
-
-def user_features_at(root: Path, user_id: str, at: datetime) -> dict[str, Any]:
-    return users_features_at(root, [user_id], at).get(
-        user_id, materialize(empty_user_state(), at.timestamp())
-    )
 
 
 def users_features_at(

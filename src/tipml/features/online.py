@@ -1,6 +1,6 @@
 """Online user features from signals: one pure state update, one pure read-out.
 
-``apply_signal(state, event)`` folds one signal into a user's state; ``materialize(state, at)``
+``fold_signals(state, events)`` folds signals into a user's state; ``materialize(state, at)``
 reads the features as of time ``at`` using the definitions in ``USER_FEATURES``. The signals
 consumer uses both online; an offline builder replaying the Parquet log in stream order uses the
 very same functions, so a feature means the same thing at train and serve time.
@@ -58,11 +58,6 @@ def _bump(buckets: dict[str, int], bucket: int, keep: int) -> None:
         newest = max(int(b) for b in buckets)
         for b in [b for b in buckets if int(b) <= newest - keep]:
             del buckets[b]
-
-
-def apply_signal(state: UserState, event: SignalEvent) -> UserState:
-    """A new state with ``event`` folded in (``state`` is not modified)."""
-    return apply_signals(state, [event])
 
 
 def apply_signals(state: UserState, events: list[SignalEvent]) -> UserState:

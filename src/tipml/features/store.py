@@ -1,7 +1,8 @@
 """Online feature stores: one protocol, read by ``/generate``'s context assembler.
 
-The JetStream key-value implementation lives with the bus (``events.runtime.EventsRuntime``);
-the features issue adds a Feast-backed one behind the same protocol.
+Two implementations: the JetStream key-value store (``events.runtime.EventsRuntime``, the
+default) and Feast (``features.feast_store.FeastOnlineStore``, SQLite or Redis); one contract
+test runs over both (``tests/events/test_feast.py``).
 """
 
 from __future__ import annotations

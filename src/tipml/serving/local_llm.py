@@ -61,10 +61,11 @@ class LocalLLM:
         model_path: Path,
         *,
         server: str = "llama-server",
-        threads: int = 2,
+        threads: int = 1,
         n_ctx: int = 1024,
         slots: int = 4,
         nice: int = 10,
+        poll: int = 0,
         port: int | None = None,
         log_path: Path | None = None,
     ) -> None:
@@ -74,6 +75,7 @@ class LocalLLM:
         self.n_ctx = n_ctx
         self.slots = slots
         self.nice = nice
+        self.poll = poll
         self.port = port or free_port()
         self.log_path = log_path
         self.restarts = 0
@@ -102,6 +104,8 @@ class LocalLLM:
                 "--ctx-size",
                 str(self.n_ctx * self.slots),  # shared by the slots: n_ctx each
                 "--cont-batching",
+                "--poll",
+                str(self.poll),
             ]
         return [
             sys.executable,

@@ -159,6 +159,7 @@ class Runtime:
                     n_ctx=settings.local_llm_ctx,
                     slots=settings.local_llm_slots,
                     nice=settings.local_llm_nice,
+                    poll=settings.local_llm_poll,
                     log_path=settings.data_dir / "local-llm.log",
                 )
                 state.local_llm = llm
