@@ -15,6 +15,7 @@ joined to decisions later.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -130,7 +131,9 @@ class Archiver:
             ts = item.event["ts"] or datetime.now(UTC)
             by_day.setdefault(ts.strftime("%Y-%m-%d"), []).append(item)
         for day, group in by_day.items():
-            self._write(day, group)
+            # Parquet encoding and fsync off the event loop: in `tipml serve` the archiver
+            # shares the loop with /score, and a batch of decisions takes milliseconds to write
+            await asyncio.to_thread(self._write, day, group)
         return result
 
     def _write(self, day: str, group: list[Item[Any]]) -> None:
