@@ -45,6 +45,7 @@ from bench.common import machine, pct
 from tipml.events.bus import SIGNALS, EmbeddedNats, connect, provision
 from tipml.events.consumer import ConsumerRunner
 from tipml.events.handlers import SignalsHandler
+from tipml.events.keyed import SeenIds, event_digest
 from tipml.events.metrics import EventMetrics
 from tipml.settings import Settings
 
@@ -157,6 +158,7 @@ async def visibility_lag(rate: float, seconds: float, users: int, tmp: Path) -> 
             stderr=subprocess.DEVNULL,
         )
         published: dict[str, float] = {}
+        waiting: dict[bytes, str] = {}  # digest of a published event id -> the id
         lags: list[float] = []
         kv = await bus.kv("user_features")
         watcher = await kv.watchall(include_history=False)
@@ -171,9 +173,11 @@ async def visibility_lag(rate: float, seconds: float, users: int, tmp: Path) -> 
                 if entry is None or not entry.value:
                     continue
                 now = time.perf_counter()
-                for _, eid in orjson.loads(entry.value)["a"]:
-                    if eid in published and eid not in seen:
+                ids = SeenIds.decode(orjson.loads(entry.value))
+                for digest, eid in list(waiting.items()):
+                    if digest in ids and eid not in seen:
                         seen.add(eid)
+                        del waiting[digest]
                         lags.append((now - published[eid]) * 1000)
 
         watch_task = asyncio.create_task(watch())
@@ -195,6 +199,7 @@ async def visibility_lag(rate: float, seconds: float, users: int, tmp: Path) -> 
                 }
             )
             published[eid] = time.perf_counter()
+            waiting[event_digest(eid)] = eid
             await bus.js.publish_async("signals.app.opened", body, headers={"Nats-Msg-Id": eid})
         achieved = total / (time.perf_counter() - start)
         deadline = time.monotonic() + 30
@@ -211,7 +216,7 @@ async def visibility_lag(rate: float, seconds: float, users: int, tmp: Path) -> 
         "seen": len(lags),
         "p50_ms": round(pct(lags, 50), 1),
         "p99_ms": round(pct(lags, 99), 1),
-        "max_ms": round(max(lags), 1),
+        "max_ms": round(max(lags), 1) if lags else None,
     }
 
 

@@ -7,8 +7,9 @@
    The service runs as ``tipml serve`` in its own process, on embedded defaults.
 2. The LLM gateway's added latency: the same stub provider called directly with httpx vs
    through ``LiteLLMGateway`` (LiteLLM Router), interleaved, in the same run.
-3. The local model (Gemma 3 270M, llama.cpp): latency and completion tokens/s, called
-   directly and through the gateway.
+3. The local model (Gemma 3 270M, llama.cpp's llama-server, 2 threads): latency, and
+   completion tokens per second of *call time* — prompt evaluation included, so it is not
+   the decoder's speed — called directly and through the gateway.
 
 Writes ``bench/results/serving-<utc>.json`` and ``bench/results/serving-latest.json`` and
 prints a table.
@@ -360,7 +361,8 @@ def main() -> None:
         table.add_row("local model direct p50", f"{m['direct_p50_ms']} ms", "")
         table.add_row("local model via gateway p50", f"{m['gateway_p50_ms']} ms", "")
         table.add_row(
-            "local model tokens/s (direct / gateway)",
+            "completion tokens per second of call time, prompt evaluation included "
+            "(direct / gateway)",
             f"{m['direct_tokens_per_s']} / {m['gateway_tokens_per_s']}",
             "",
         )

@@ -104,6 +104,10 @@ class LocalLLM:
                 "--ctx-size",
                 str(self.n_ctx * self.slots),  # shared by the slots: n_ctx each
                 "--cont-batching",
+                # Gemma 3 uses sliding-window attention: without a full-size SWA cache,
+                # llama-server cannot reuse a cached prompt prefix (measured: 0.65 s a tip
+                # with every prompt evaluated again, 0.2 s with the few-shot prefix reused)
+                "--swa-full",
                 "--poll",
                 str(self.poll),
             ]
