@@ -42,7 +42,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench.bench_serving import load_score
+from bench.bench_serving import load_score, start_service
 from bench.common import machine, pct
 from tipml.net import free_port
 
@@ -52,35 +52,10 @@ VERSIONS = ("v1", "v2", "v3")
 console = Console()
 
 
-def start_service(
-    env_extra: dict[str, str], data_dir: Path
-) -> tuple[subprocess.Popen[bytes], str, str]:
+def start(env_extra: dict[str, str], data_dir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     port, token = free_port(), secrets.token_urlsafe(24)
-    env = {
-        **os.environ,
-        "TIPML_API_TOKENS": token,
-        "TIPML_LOG_REQUESTS": "0",
-        "TIPML_LOG_LEVEL": "WARNING",
-        "TIPML_DATA_DIR": str(data_dir),
-        **env_extra,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tipml", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return proc, base, token
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"service did not become ready ({env_extra})")
+    proc = start_service(port, token, {"TIPML_DATA_DIR": str(data_dir), **env_extra}, 240)
+    return proc, f"http://127.0.0.1:{port}", token
 
 
 def body(i: int, version: str) -> dict[str, Any]:
@@ -161,7 +136,7 @@ def measure(server: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tipml-bench-gen-") as tmp:
         env = {"TIPML_LOCAL_LLM_SERVER": server}
         with console.status(f"{server}: starting tipml serve"):
-            proc, base, token = start_service(env, Path(tmp) / "a")
+            proc, base, token = start(env, Path(tmp) / "a")
         try:
             with console.status(f"{server}: one caller, one version"):
                 out["single_one_version"] = asyncio.run(drive(base, token, 1, args.single, ("v1",)))
@@ -183,7 +158,7 @@ def measure(server: str, args: argparse.Namespace) -> dict[str, Any]:
         if not args.skip_nice_peer:
             env = {"TIPML_LOCAL_LLM_SERVER": server, "TIPML_LOCAL_LLM_NICE": "0"}
             with console.status(f"{server}: /score beside the model (nice 0, the peer)"):
-                proc, base, token = start_service(env, Path(tmp) / "b")
+                proc, base, token = start(env, Path(tmp) / "b")
                 try:
                     out["score_beside_model_nice0"] = asyncio.run(
                         score_beside_model(base, token, args.score_rate, args.score_duration)

@@ -148,12 +148,16 @@ def server_side_quantiles(metrics: str, route: str) -> dict[str, float]:
     return out
 
 
-def start_service(port: int, token: str) -> subprocess.Popen[bytes]:
+def start_service(
+    port: int, token: str, env_extra: dict[str, str] | None = None, timeout_s: float = 180
+) -> subprocess.Popen[bytes]:
+    """``tipml serve`` on embedded defaults in its own process, once ``/readyz`` says 200."""
     env = {
         **os.environ,
         "TIPML_API_TOKENS": token,
         "TIPML_LOG_REQUESTS": "0",
         "TIPML_LOG_LEVEL": "WARNING",
+        **(env_extra or {}),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "tipml", "serve", "--port", str(port)],
@@ -161,7 +165,7 @@ def start_service(port: int, token: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
@@ -170,7 +174,7 @@ def start_service(port: int, token: str) -> subprocess.Popen[bytes]:
             pass
         time.sleep(0.3)
     proc.kill()
-    raise SystemExit("service did not become ready")
+    raise SystemExit(f"service did not become ready ({env_extra or 'embedded defaults'})")
 
 
 def one_route_gateway(model: str, api_base: str) -> LiteLLMGateway:

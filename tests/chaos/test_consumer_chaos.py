@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -22,7 +21,7 @@ from pathlib import Path
 import orjson
 from nats.aio.client import Client as NATS
 
-from tests.events.helpers import events_settings, user_total
+from tests.events.helpers import consumer_process, events_settings, user_total
 from tipml.events.bus import DLQ, EmbeddedNats, connect, provision
 
 FULL = os.environ.get("TIPML_CHAOS_FULL") == "1"
@@ -34,21 +33,12 @@ WINDOW_S = 2.0  # a short duplicate window, so "outside the window" happens with
 
 
 def consumer(url: str, data_dir: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "TIPML_NATS_URL": url,
-        "TIPML_DATA_DIR": str(data_dir),
-        "TIPML_CONSUMER_ACK_WAIT_S": "1",
-        "TIPML_CONSUMER_BATCH": "100",
-        "TIPML_DUPLICATE_WINDOW_S": str(WINDOW_S),
-        "TIPML_STATE_INTERVAL_S": "0.5",
-        "TIPML_LOG_LEVEL": "ERROR",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "tipml", "consume", "--only", "signals"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    return consumer_process(
+        url,
+        data_dir,
+        TIPML_CONSUMER_BATCH="100",
+        TIPML_DUPLICATE_WINDOW_S=str(WINDOW_S),
+        TIPML_STATE_INTERVAL_S="0.5",
     )
 
 
@@ -62,7 +52,7 @@ async def publish_until_acked(nc: NATS, subject: str, data: bytes, msg_id: str) 
             await asyncio.sleep(0.2)
 
 
-async def run_chaos(tmp_path: Path) -> tuple[Counter[str], dict[str, int], int]:
+async def run_chaos(tmp_path: Path) -> tuple[Counter[str], dict[str, int], int, int]:
     server = EmbeddedNats(tmp_path / "nats").start()
     settings = events_settings(tmp_path, server.url, duplicate_window_s=WINDOW_S)
     nc = await connect(server.url, "chaos-publisher")
@@ -137,13 +127,14 @@ async def run_chaos(tmp_path: Path) -> tuple[Counter[str], dict[str, int], int]:
         final.wait(30)
         await nc.close()
         server.stop()
-    return truth, counts, int(dead) + 0 * kills
+    return truth, counts, int(dead), kills
 
 
 def test_kills_restarts_and_duplicates_lose_nothing_and_count_nothing_twice(
     tmp_path: Path,
 ) -> None:
-    truth, counts, dead = asyncio.run(run_chaos(tmp_path))
+    truth, counts, dead, kills = asyncio.run(run_chaos(tmp_path))
+    assert kills == KILLS
     assert sum(truth.values()) == EVENTS
     lost = {u: truth[u] - counts.get(u, 0) for u in truth if counts.get(u, 0) < truth[u]}
     twice = {u: counts[u] - truth[u] for u in truth if counts.get(u, 0) > truth[u]}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,6 +31,24 @@ def events_settings(tmp_path: Path, url: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def consumer_process(url: str, data_dir: Path, **env: str) -> subprocess.Popen[bytes]:
+    """``tipml consume --only signals`` in its own process (``env``: extra TIPML_ settings)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tipml", "consume", "--only", "signals"],
+        env={
+            **os.environ,
+            "TIPML_NATS_URL": url,
+            "TIPML_DATA_DIR": str(data_dir),
+            "TIPML_CONSUMER_ACK_WAIT_S": "1",
+            "TIPML_CONSUMER_BATCH": "50",
+            "TIPML_LOG_LEVEL": "ERROR",
+            **env,
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def signal(

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal as signals
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -15,28 +12,18 @@ import orjson
 from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry
 
-from tests.events.helpers import events_settings, eventually, publish, signal, user_total
+from tests.events.helpers import (
+    consumer_process,
+    events_settings,
+    eventually,
+    publish,
+    signal,
+    user_total,
+)
 from tipml.events.bus import DECISIONS, EmbeddedNats, connect, provision
 from tipml.events.decisions import DecisionLog
 from tipml.events.metrics import EventMetrics
 from tipml.events.runtime import EventsRuntime
-
-
-def consumer_process(url: str, data_dir: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "TIPML_NATS_URL": url,
-        "TIPML_DATA_DIR": str(data_dir),
-        "TIPML_CONSUMER_ACK_WAIT_S": "1",
-        "TIPML_CONSUMER_BATCH": "50",
-        "TIPML_LOG_LEVEL": "ERROR",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "tipml", "consume", "--only", "signals"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def publish_stream(

@@ -198,6 +198,12 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
+# (prompt, messages, params) of one call; (text, model, finish reason, prompt and completion
+# tokens) of its answer
+_Request = tuple[str | None, Sequence[Mapping[str, str]] | None, Mapping[str, Any]]
+_Answer = tuple[str, str, str | None, int, int]
+
+
 class LiteLLMGateway:
     """``LLMGateway`` over a LiteLLM ``Router``. Importing LiteLLM takes seconds: build this
     off the request path (the app builds it in the background at start-up).
@@ -275,10 +281,9 @@ class LiteLLMGateway:
         try:
             async with asyncio.timeout(deadline_s), self._slot(started + deadline_s):
                 began = time.perf_counter()
-                if self.config.stream:
-                    result = await self._stream(route, prompt, messages, params)
-                else:
-                    result = await self._once(route, prompt, messages, params)
+                request = (prompt, messages, params)
+                call = self._stream if self.config.stream else self._once
+                result = await call(route, request)
                 self._observe(time.perf_counter() - began)
         except TimeoutError as exc:
             raise GatewayError(f"no answer within {deadline_s:g} s", reason="deadline") from exc
@@ -297,23 +302,21 @@ class LiteLLMGateway:
             latency_s=time.perf_counter() - started,
         )
 
-    async def _once(
+    async def _call(
         self,
         route: str,
         prompt: str | None,
         messages: Sequence[Mapping[str, str]] | None,
-        params: Mapping[str, Any],
-    ) -> tuple[str, str, str | None, int, int]:
+        options: Mapping[str, Any],
+    ) -> Any:
         if self.mode == "completion":
-            resp = await self._router.atext_completion(model=route, prompt=prompt, **params)
-            choice = resp.choices[0]
-            text = choice.text or ""
-        else:
-            resp = await self._router.acompletion(
-                model=route, messages=list(messages or []), **params
-            )
-            choice = resp.choices[0]
-            text = choice.message.content or ""
+            return await self._router.atext_completion(model=route, prompt=prompt, **options)
+        return await self._router.acompletion(model=route, messages=list(messages or []), **options)
+
+    async def _once(self, route: str, request: _Request) -> _Answer:
+        resp = await self._call(route, *request)
+        choice = resp.choices[0]
+        text = (choice.text if self.mode == "completion" else choice.message.content) or ""
         usage = getattr(resp, "usage", None)
         return (
             text,
@@ -323,20 +326,10 @@ class LiteLLMGateway:
             int(getattr(usage, "completion_tokens", 0) or 0),
         )
 
-    async def _stream(
-        self,
-        route: str,
-        prompt: str | None,
-        messages: Sequence[Mapping[str, str]] | None,
-        params: Mapping[str, Any],
-    ) -> tuple[str, str, str | None, int, int]:
+    async def _stream(self, route: str, request: _Request) -> _Answer:
+        prompt, messages, params = request
         options = {"stream": True, "stream_options": {"include_usage": True}, **params}
-        if self.mode == "completion":
-            stream = await self._router.atext_completion(model=route, prompt=prompt, **options)
-        else:
-            stream = await self._router.acompletion(
-                model=route, messages=list(messages or []), **options
-            )
+        stream = await self._call(route, prompt, messages, options)
         parts: list[str] = []
         model, finish, usage, chunks = "", None, None, 0
         try:
