@@ -12,6 +12,7 @@ import logging
 import re
 import time
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -76,7 +77,10 @@ class UnknownFeatureCounter:
             if now - seen_at < _LABEL_TTL_S:
                 return "_other"
             del self._seen[oldest]
-            with contextlib.suppress(KeyError):
+            with contextlib.suppress(KeyError), warnings.catch_warnings():
+                # prometheus_client's multi-process mode cannot remove a label: it warns and
+                # keeps the series (our slot count still bounds the labels)
+                warnings.simplefilter("ignore", UserWarning)
                 self._metrics.unknown_features.remove(oldest)
         self._seen[label] = now
         self._seen.move_to_end(label)
