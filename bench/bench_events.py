@@ -42,10 +42,10 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import machine, pct
+from tipml.domain.records import SeenIds, event_digest
 from tipml.events.bus import SIGNALS, EmbeddedNats, connect, provision
 from tipml.events.consumer import ConsumerRunner
 from tipml.events.handlers import SignalsHandler
-from tipml.events.keyed import SeenIds, event_digest
 from tipml.events.metrics import EventMetrics
 from tipml.settings import Settings
 

@@ -31,15 +31,17 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import machine, pct
+from tipml.domain.events import SignalEvent
+from tipml.domain.records import kv_key
+from tipml.domain.tips import TipStats
+from tipml.domain.users import empty_user_state, fold_signals
 from tipml.events.bus import USER_FEATURES_BUCKET, EmbeddedNats
-from tipml.events.keyed import Item, KeyedStore, kv_key
+from tipml.events.keyed import Item, KeyedStore
 from tipml.events.runtime import EventsRuntime
-from tipml.events.schemas import SignalEvent
 from tipml.features import feast_store
 from tipml.features.context import build_context
-from tipml.features.online import empty_user_state, fold_signals
 from tipml.features.profile_schema import validate_profile
-from tipml.features.tip_features import Candidate, TipStats, feature_matrix
+from tipml.features.tip_features import Candidate, feature_matrix
 from tipml.serving.prompts import VERSIONS
 from tipml.settings import Settings
 from tipml.sim.catalog import CATALOG

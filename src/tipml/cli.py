@@ -212,11 +212,10 @@ async def _drive(
 
 
 async def _loop_summary(bus: Any, base_url: str, published: int) -> dict[str, Any]:
-    import orjson
-
+    from tipml.domain.records import decode_state
+    from tipml.domain.users import materialize
     from tipml.events.bus import PROMPT_STATS_BUCKET, TIP_STATS_BUCKET, USER_FEATURES_BUCKET
     from tipml.events.dlq import dead_letters
-    from tipml.features.online import materialize
 
     deadline = time.monotonic() + 30
     consumers: dict[str, str] = {}
@@ -241,7 +240,8 @@ async def _loop_summary(bus: Any, base_url: str, published: int) -> dict[str, An
             return out
         for key in keys:
             entry = await kv.get(key)
-            out[key] = orjson.loads(entry.value or b"{}")["s"]
+            if entry.value:
+                out[key] = decode_state(entry.value)
         return out
 
     users = await values(USER_FEATURES_BUCKET)
@@ -463,9 +463,9 @@ def features_get(user_id: str) -> None:
     """Print a user's online features (as of now) as JSON."""
     import orjson
 
+    from tipml.domain.records import decode_state, kv_key
+    from tipml.domain.users import materialize
     from tipml.events.bus import USER_FEATURES_BUCKET
-    from tipml.events.keyed import kv_key
-    from tipml.features.online import materialize
 
     async def run() -> None:
         bus = await _bus(_settings())
@@ -475,13 +475,14 @@ def features_get(user_id: str) -> None:
         try:
             entry = await kv.get(kv_key(user_id))
         except KeyNotFoundError:
+            entry = None
+        if entry is None or not entry.value:
             await bus.close()
-            raise TipmlError(f"no online features for user {user_id!r}") from None
-        record = orjson.loads(entry.value or b"{}")
+            raise TipmlError(f"no online features for user {user_id!r}")
         out = {
             "user_id": user_id,
             "revision": entry.revision,
-            "features": materialize(record["s"], time.time()),
+            "features": materialize(decode_state(entry.value), time.time()),
         }
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
         await bus.close()

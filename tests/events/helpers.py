@@ -82,7 +82,7 @@ async def eventually(
 async def user_total(js: JetStreamContext, user: str, kind: str = "task.completed") -> int:
     from nats.js.errors import KeyNotFoundError
 
-    from tipml.events.keyed import kv_key
+    from tipml.domain.records import kv_key
 
     kv = await js.key_value("user_features")
     try:

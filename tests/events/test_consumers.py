@@ -16,15 +16,16 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry
 
 from tests.events.helpers import events_settings, eventually, publish, signal, user_total
+from tipml.domain.events import parse_signal
+from tipml.domain.records import kv_key
+from tipml.domain.rewards import RewardTable
+from tipml.domain.tips import TipStatsView
+from tipml.domain.users import apply_signals, empty_user_state, materialize
 from tipml.events.bus import EmbeddedNats, provision
 from tipml.events.dlq import dead_letters, replay
 from tipml.events.handlers import SignalsHandler
-from tipml.events.keyed import Item, KeyedStore, kv_key
+from tipml.events.keyed import Item, KeyedStore
 from tipml.events.runtime import EventsRuntime
-from tipml.events.schemas import parse_signal
-from tipml.experiments.rewards import RewardTable
-from tipml.features.online import apply_signals, empty_user_state, materialize
-from tipml.features.tip_features import TipStatsView
 
 
 @pytest.fixture

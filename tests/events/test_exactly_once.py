@@ -16,12 +16,13 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry
 
 from tests.events.helpers import events_settings, eventually, publish, signal, user_total
+from tipml.domain.events import parse_signal
+from tipml.domain.records import kv_key
+from tipml.domain.users import empty_user_state, fold_signals
 from tipml.events.bus import EmbeddedNats, provision
 from tipml.events.dlq import dead_letters, replay
-from tipml.events.keyed import Item, KeyedStore, kv_key
+from tipml.events.keyed import Item, KeyedStore
 from tipml.events.runtime import EventsRuntime
-from tipml.events.schemas import parse_signal
-from tipml.features.online import empty_user_state, fold_signals
 
 
 def _runner(events: EventsRuntime, name: str) -> Any:

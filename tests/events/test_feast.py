@@ -15,11 +15,11 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry
 
 from tests.events.helpers import events_settings, eventually, publish
+from tipml.domain.users import USER_FEATURES
 from tipml.events.bus import EmbeddedNats
 from tipml.events.runtime import EventsRuntime
 from tipml.features import feast_store
 from tipml.features.offline import users_features_at
-from tipml.features.online import USER_FEATURES
 from tipml.features.store import OnlineFeatureStore
 from tipml.settings import Settings
 

@@ -12,11 +12,12 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry
 
 from tests.events.helpers import events_settings, eventually, publish
+from tipml.domain.records import kv_key
+from tipml.domain.tips import TIP_FEATURES, materialize_tip
+from tipml.domain.users import USER_FEATURES, materialize
 from tipml.events.bus import EmbeddedNats
-from tipml.events.keyed import kv_key
 from tipml.events.runtime import EventsRuntime
 from tipml.features.offline import tips_features_at, users_features_at
-from tipml.features.online import TIP_FEATURES, USER_FEATURES, materialize, materialize_tip
 
 
 def simulated_stream(seed: int = 3) -> list[dict[str, object]]:

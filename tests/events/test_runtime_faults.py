@@ -18,12 +18,12 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
 from tests.events.helpers import events_settings, eventually, publish, signal, user_total
+from tipml.domain.tips import TipStatsView
 from tipml.events.bus import DECISIONS, EmbeddedNats, connect
 from tipml.events.decisions import DecisionLog
 from tipml.events.dlq import dead_letters
 from tipml.events.metrics import EventMetrics
 from tipml.events.runtime import EventsRuntime
-from tipml.features.tip_features import TipStatsView
 
 
 def _runner(events: EventsRuntime, name: str) -> Any:

@@ -10,11 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tipml.domain.events import InvalidEvent, parse_signal
+from tipml.domain.users import empty_user_state, fold_signals, materialize
 from tipml.events.archive import Archiver
 from tipml.events.bus import SIGNALS
 from tipml.events.keyed import Item
-from tipml.events.schemas import InvalidEvent, parse_signal
-from tipml.features.online import empty_user_state, fold_signals, materialize
 
 
 def _signal(ts: str, eid: str = "e1") -> bytes:

@@ -4,8 +4,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tipml.domain.text import clean_user_text
 from tipml.errors import InvalidFeature
-from tipml.features.context import build_context, clean_user_text, day_part, local_time
+from tipml.features.context import build_context, day_part, local_time
 from tipml.features.profile_schema import PROFILE_FEATURES, validate_profile
 
 

@@ -6,15 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tipml.domain.tips import PRIOR_MEAN, TipStats
 from tipml.errors import ModelLoadError
 from tipml.experiments.policies import Greedy
 from tipml.features.profile_schema import CATEGORIES, validate_profile
 from tipml.features.tip_features import (
     COLUMN,
     FEATURE_NAMES,
-    PRIOR_MEAN,
     Candidate,
-    TipStats,
     feature_matrix,
     hour_match,
 )

@@ -30,10 +30,10 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, FetchTimeoutError
 
+from tipml.domain.events import InvalidEvent
 from tipml.events.bus import Bus
 from tipml.events.keyed import ConflictError, Item, WriteResult
 from tipml.events.metrics import EventMetrics
-from tipml.events.schemas import InvalidEvent
 from tipml.settings import Settings
 
 log = logging.getLogger("tipml.consumer")

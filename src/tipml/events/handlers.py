@@ -6,6 +6,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from tipml.domain.events import FeedbackEvent, SignalEvent, parse_feedback, parse_signal
+from tipml.domain.records import DEFAULT_HORIZON_S, kv_key
+from tipml.domain.rewards import RewardTable
+from tipml.domain.tips import empty_aggregate, fold_feedback
+from tipml.domain.users import empty_user_state, fold_signals
 from tipml.events.bus import (
     FEEDBACK,
     PROMPT_STATS_BUCKET,
@@ -15,11 +20,8 @@ from tipml.events.bus import (
     Bus,
 )
 from tipml.events.consumer import group_by_key
-from tipml.events.keyed import DEFAULT_HORIZON_S, Item, KeyedStore, WriteResult, kv_key
+from tipml.events.keyed import Item, KeyedStore, WriteResult
 from tipml.events.metrics import EventMetrics
-from tipml.events.schemas import FeedbackEvent, SignalEvent, parse_feedback, parse_signal
-from tipml.experiments.rewards import RewardTable, empty_aggregate, fold_feedback
-from tipml.features.online import empty_user_state, fold_signals
 
 
 def observe_lag(metrics: EventMetrics, consumer: str, items: Sequence[Item[Any]]) -> None:

@@ -23,9 +23,6 @@ events a day should be sharded — see ADR 0008).
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -36,24 +33,17 @@ import orjson
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from tipml.domain.records import (
+    DEFAULT_HORIZON_S,
+    HOUR,
+    SeenIds,
+    encode_record,
+    event_digest,
+)
 from tipml.errors import TipmlError
 
 E = TypeVar("E")
 State = Any
-
-_SAFE_KEY = re.compile(r"^[-_=A-Za-z0-9]{1,200}$")
-
-
-def kv_key(raw: str) -> str:
-    """A KV-safe key for any id: kept as is when safe, else url-safe base64 with a prefix."""
-    if _SAFE_KEY.match(raw) and not raw.startswith("b64="):
-        return raw
-    return "b64=" + base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_state(value: bytes) -> Any:
-    """The state inside an encoded record."""
-    return orjson.loads(value)["s"]
 
 
 @dataclass(frozen=True)
@@ -62,56 +52,6 @@ class Item(Generic[E]):
     event_id: str
     event: E
     arrived: float = 0.0  # when the message reached the stream (epoch s); 0: now
-
-
-DEFAULT_HORIZON_S = 7 * 86400.0
-_HOUR = 3600
-_DIGEST = 8
-
-
-def event_digest(event_id: str) -> bytes:
-    return hashlib.blake2b(event_id.encode(), digest_size=_DIGEST).digest()
-
-
-class SeenIds:
-    """The event ids a record has folded in, by arrival hour, within the horizon."""
-
-    def __init__(self, buckets: dict[int, bytes]) -> None:
-        self.buckets = buckets
-        self._all = {
-            b[i : i + _DIGEST] for b in buckets.values() for i in range(0, len(b), _DIGEST)
-        }
-
-    @classmethod
-    def decode(cls, record: dict[str, Any] | None) -> SeenIds:
-        if not record:
-            return cls({})
-        buckets = {
-            int(hour): base64.urlsafe_b64decode(ids.encode())
-            for hour, ids in (record.get("d") or {}).items()
-        }
-        legacy = record.get("a")  # records written before the horizon: [[seq, event_id], …]
-        if legacy:
-            hour = int(time.time() // _HOUR)
-            buckets[hour] = buckets.get(hour, b"") + b"".join(event_digest(e) for _, e in legacy)
-        return cls(buckets)
-
-    def __contains__(self, digest: bytes) -> bool:
-        return digest in self._all
-
-    def add(self, hour: int, digest: bytes) -> None:
-        self.buckets[hour] = self.buckets.get(hour, b"") + digest
-        self._all.add(digest)
-
-    def encode(self, horizon_s: float) -> dict[str, str]:
-        if not self.buckets:
-            return {}
-        oldest = max(self.buckets) - int(horizon_s // _HOUR)
-        return {
-            str(hour): base64.urlsafe_b64encode(ids).decode()
-            for hour, ids in sorted(self.buckets.items())
-            if hour >= oldest
-        }
 
 
 class ConflictError(TipmlError):
@@ -181,14 +121,13 @@ class KeyedStore(Generic[E]):
                     digest = event_digest(item.event_id)
                     if digest in seen:
                         continue
-                    seen.add(int((item.arrived or time.time()) // _HOUR), digest)
+                    seen.add(int((item.arrived or time.time()) // HOUR), digest)
                     new.append(item)
                 result.duplicates = len(items) - len(new)
                 if not new:
                     return result
                 state = self.fold(record["s"] if record else self.empty(), [i.event for i in new])
-                envelope = {"s": state, "d": seen.encode(self.horizon_s)}
-                value = orjson.dumps(envelope)
+                value = encode_record(state, seen, self.horizon_s)
                 try:
                     if revision == 0:
                         revision = await self.kv.create(key, value)

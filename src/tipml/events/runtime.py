@@ -5,7 +5,6 @@ view, consumers in process by default) and ``tipml consume`` (consumers only).""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -16,6 +15,10 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
+from tipml.domain.records import decode_state, kv_key, kv_key_decode
+from tipml.domain.rewards import RewardTable
+from tipml.domain.tips import TipStats, TipStatsView, tip_stats
+from tipml.domain.users import materialize
 from tipml.events.archive import archivers
 from tipml.events.bus import (
     TIP_STATS_BUCKET,
@@ -29,23 +32,12 @@ from tipml.events.bus import (
 from tipml.events.consumer import ConsumerRunner, Handler
 from tipml.events.decisions import DecisionLog
 from tipml.events.handlers import FeedbackHandler, SignalsHandler
-from tipml.events.keyed import decode_state, kv_key
 from tipml.events.metrics import EventMetrics
-from tipml.experiments.rewards import RewardTable, tip_stats
-from tipml.features.online import materialize
-from tipml.features.tip_features import TipStats, TipStatsView
 from tipml.settings import Settings
 
 log = logging.getLogger("tipml.events")
 
 ALL_CONSUMERS = ("signals", "feedback", "archiver")
-
-
-def kv_key_decode(key: str) -> str:
-    if key.startswith("b64="):
-        raw = key[4:]
-        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
-    return key
 
 
 class EventsRuntime:

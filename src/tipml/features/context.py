@@ -8,12 +8,11 @@ character budget).
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tipml.domain.text import clean_user_text
 from tipml.errors import InvalidRequest
 from tipml.features.profile_schema import ValidatedProfile, zone
 
@@ -50,23 +49,6 @@ def day_part(hour: int) -> str:
         if hour >= start:
             part = name
     return part
-
-
-_CONTROL = re.compile(r"[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
-
-
-_ROLE = re.compile(r"(?i)\b(system|assistant|user|human|ai|tip|topic)\s*:")
-
-
-def clean_user_text(text: str, max_len: int = 60) -> str:
-    """Text that came from a user is data: strip control/zero-width chars, cap the length."""
-    text = unicodedata.normalize("NFKC", text)
-    text = _CONTROL.sub(" ", text)
-    text = re.sub(r"[<>{}\[\]`#*|\\]", " ", text)
-    # role markers ("system:", "assistant:") lose their colon: they read as words, not turns
-    text = _ROLE.sub(lambda m: f"{m.group(1)} -", text)
-    text = " ".join(text.split())
-    return text[:max_len].strip()
 
 
 @dataclass(frozen=True)
@@ -165,7 +147,7 @@ def build_context(
     online: dict[str, Any] | None = None,
     budget_chars: int = 600,
 ) -> PromptContext:
-    """``online``: the user's online features (``features.online.materialize``), if known."""
+    """``online``: the user's online features (``domain.users.materialize``), if known."""
     when = local_time(ts, profile)
     chosen = clean_user_text(topic) if topic else ""
     if not chosen:

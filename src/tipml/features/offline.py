@@ -2,7 +2,7 @@
 
 ``users_features_at(root, user_ids, at)`` replays each user's signals whose timestamp is at or
 before ``at``, in stream order, through the very fold the signals consumer uses
-(``features.online.fold_signals``), then reads them out with ``materialize``. So the value a
+(``domain.users.fold_signals``), then reads them out with ``materialize``. So the value a
 model is trained on for (user, t) is the value serving would have seen at t.
 """
 
@@ -16,15 +16,16 @@ from typing import Any
 import duckdb
 import orjson
 
-from tipml.events.schemas import (
+from tipml.domain.events import (
     FeedbackEvent,
     InvalidEvent,
     SignalEvent,
     parse_feedback,
     parse_signal,
 )
-from tipml.experiments.rewards import RewardTable, empty_aggregate, fold_feedback
-from tipml.features.online import empty_user_state, fold_signals, materialize, materialize_tip
+from tipml.domain.rewards import RewardTable
+from tipml.domain.tips import empty_aggregate, fold_feedback, materialize_tip
+from tipml.domain.users import empty_user_state, fold_signals, materialize
 
 
 def signals_by_user(root: Path, user_ids: Iterable[str] | None) -> dict[str, list[SignalEvent]]:

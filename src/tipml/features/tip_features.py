@@ -14,12 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from tipml.domain.tips import NO_STATS, TipStats, smoothed_rate
 from tipml.features.profile_schema import CATEGORIES, ValidatedProfile
-
-# Prior of the smoothed per-tip reward rate: a tip with no history scores PRIOR_MEAN, and
-# needs about PRIOR_STRENGTH impressions before its own data outweighs the prior.
-PRIOR_MEAN = 0.3
-PRIOR_STRENGTH = 10.0
 
 
 @dataclass(frozen=True)
@@ -28,37 +24,6 @@ class Candidate:
     category: str | None = None
     tags: tuple[str, ...] = ()
     source: str = "curated"
-
-
-@dataclass(frozen=True)
-class TipStats:
-    """Aggregated feedback for one tip (all users): fed by the feedback consumer."""
-
-    impressions: int = 0
-    reward_sum: float = 0.0
-
-    def smoothed_rate(self) -> float:
-        return (self.reward_sum + PRIOR_MEAN * PRIOR_STRENGTH) / (self.impressions + PRIOR_STRENGTH)
-
-
-NO_STATS = TipStats()
-
-
-class TipStatsView:
-    """Read-only view of per-tip aggregates shared by every request of a process.
-
-    Whoever keeps it fresh (the feedback consumer's KV watch) swaps in a whole new mapping,
-    so a request always reads one consistent snapshot.
-    """
-
-    def __init__(self, initial: Mapping[str, TipStats] | None = None) -> None:
-        self._current: Mapping[str, TipStats] = dict(initial or {})
-
-    def snapshot(self) -> Mapping[str, TipStats]:
-        return self._current
-
-    def replace(self, stats: Mapping[str, TipStats]) -> None:
-        self._current = dict(stats)
 
 
 _PROFILE_NUMERIC = (
@@ -117,9 +82,7 @@ def feature_matrix(
     tips = [stats.get(c.tip_id, NO_STATS) for c in candidates]
     impressions = np.array([t.impressions for t in tips], dtype=np.float64)
     reward = np.array([t.reward_sum for t in tips], dtype=np.float64)
-    x[:, COLUMN["tip_reward_rate"]] = (reward + PRIOR_MEAN * PRIOR_STRENGTH) / (
-        impressions + PRIOR_STRENGTH
-    )
+    x[:, COLUMN["tip_reward_rate"]] = smoothed_rate(reward, impressions)
     x[:, COLUMN["tip_log_impressions"]] = np.log1p(impressions)
     x[:, COLUMN["is_generated"]] = [c.source == "generated" for c in candidates]
     x[:, COLUMN["n_tags"]] = [len(c.tags) for c in candidates]

@@ -15,11 +15,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from tipml.domain.tips import TipStatsView
 from tipml.errors import TipmlError
 from tipml.events.runtime import ALL_CONSUMERS, EventsRuntime
 from tipml.experiments.policies import Greedy
 from tipml.features.store import OnlineFeatureStore
-from tipml.features.tip_features import TipStatsView
 from tipml.serving.gateway import LOCAL_LLM_VAR, LiteLLMGateway, LLMGateway, load_gateway_config
 from tipml.serving.local_llm import LocalLLM, assemble_default_model
 from tipml.serving.metrics import Metrics

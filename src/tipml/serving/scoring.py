@@ -40,7 +40,7 @@ class BaselineScorer:
     ``score = w_reward * smoothed_reward_rate + w_hour * hour_match + w_category * affinity``
 
     * ``smoothed_reward_rate``: the tip's reward sum over impressions, shrunk toward a prior
-      (``PRIOR_MEAN`` with the weight of ``PRIOR_STRENGTH`` impressions);
+      (``domain.tips.PRIOR_MEAN`` with the weight of ``PRIOR_STRENGTH`` impressions);
     * ``hour_match``: 1 at the user's ``preferred_hour``, 0 twelve hours away, 0.5 if unknown;
     * ``affinity``: 1 when the tip's category is the user's ``favorite_category``, 0 when it
       is another category, 0.5 when either is unknown.

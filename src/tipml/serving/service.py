@@ -18,12 +18,13 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from tipml.domain.tips import TipStatsView
 from tipml.errors import GatewayError, InvalidRequest
 from tipml.experiments.policies import Policy
 from tipml.features.context import build_context, local_time
 from tipml.features.profile_schema import ValidatedProfile, shown, validate_profile
 from tipml.features.store import OnlineFeatureStore
-from tipml.features.tip_features import Candidate, TipStatsView, feature_matrix
+from tipml.features.tip_features import Candidate, feature_matrix
 from tipml.serving import guard
 from tipml.serving.gateway import LLMGateway
 from tipml.serving.metrics import Metrics

@@ -1,4 +1,4 @@
-"""Online user features from signals: one pure state update, one pure read-out.
+"""User features from signals: one pure state update, one pure read-out.
 
 ``fold_signals(state, events)`` folds signals into a user's state; ``materialize(state, at)``
 reads the features as of time ``at`` using the definitions in ``USER_FEATURES``. The signals
@@ -13,13 +13,12 @@ contains ``at``. Events after ``at`` never count (point-in-time correct).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
-from tipml.events.schemas import SignalEvent
-from tipml.features.context import clean_user_text
+from tipml.domain.definitions import FeatureDef
+from tipml.domain.events import SignalEvent
+from tipml.domain.text import clean_user_text
 
 UserState = dict[str, Any]
 
@@ -121,22 +120,6 @@ def _last_seen(state: UserState, at: float) -> str | None:
     return None if seen is None else datetime.fromtimestamp(seen, UTC).isoformat()
 
 
-Dtype = Literal["map<str,int>", "int", "float", "timestamp", "list<int>", "list<struct>"]
-
-
-@dataclass(frozen=True)
-class FeatureDef:
-    """One feature, defined once: used online by the consumer and offline by the builder."""
-
-    name: str
-    dtype: Dtype
-    entity: Literal["user", "tip"]
-    window: timedelta | None
-    aggregation: str
-    description: str
-    compute: Callable[[UserState, float], Any]
-
-
 USER_FEATURES: tuple[FeatureDef, ...] = (
     FeatureDef(
         "signal_counts_1h",
@@ -209,55 +192,3 @@ USER_FEATURES: tuple[FeatureDef, ...] = (
 
 def materialize(state: UserState, at: float) -> dict[str, Any]:
     return {f.name: f.compute(state, at) for f in USER_FEATURES}
-
-
-# Tip features: folded from feedback by ``experiments.rewards.fold_feedback`` (the aggregate is
-# ``{"n", "reward_sum", "reactions", "last_ts"}``); all-time, shared by every user.
-TIP_FEATURES: tuple[FeatureDef, ...] = (
-    FeatureDef(
-        "tip_impressions",
-        "int",
-        "tip",
-        None,
-        "count of feedback events",
-        "Times the tip was shown and reacted to.",
-        lambda s, at: int(s["n"]),
-    ),
-    FeatureDef(
-        "tip_reward_sum",
-        "float",
-        "tip",
-        None,
-        "sum of reaction rewards",
-        "Reward earned by the tip.",
-        lambda s, at: float(s["reward_sum"]),
-    ),
-    FeatureDef(
-        "tip_reward_rate",
-        "float",
-        "tip",
-        None,
-        "(reward_sum + prior_mean * prior_strength) / (n + prior_strength)",
-        "Smoothed reward rate: what the baseline scorer reads.",
-        lambda s, at: _smoothed(s),
-    ),
-    FeatureDef(
-        "tip_reactions",
-        "map<str,int>",
-        "tip",
-        None,
-        "count per reaction",
-        "Reactions to the tip.",
-        lambda s, at: dict(s["reactions"]),
-    ),
-)
-
-
-def _smoothed(agg: dict[str, Any]) -> float:
-    from tipml.features.tip_features import TipStats
-
-    return TipStats(int(agg["n"]), float(agg["reward_sum"])).smoothed_rate()
-
-
-def materialize_tip(agg: dict[str, Any], at: float) -> dict[str, Any]:
-    return {f.name: f.compute(agg, at) for f in TIP_FEATURES}
