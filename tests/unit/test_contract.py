@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from tipml.cli import openapi_document
+from tipml.cli.serve import openapi_document
 from tipml.features.profile_schema import PROFILE_FEATURES
 
 CLIENT = Path(__file__).parents[2] / "clients" / "typescript"

@@ -1,0 +1,164 @@
+"""``tipml demo``: start the whole system on embedded defaults, drive it with the simulator
+(``sim.demo``) and print what it did."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tipml.cli.app import app, console, fail
+from tipml.errors import TipmlError
+
+
+def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    detail = "starting"
+    with console.status("starting the service") as status:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise TipmlError(f"the service exited during start-up (code {proc.returncode})")
+            try:
+                resp = httpx.get(f"{base_url}/readyz", timeout=2)
+                body = resp.json()
+                if resp.status_code == 200:
+                    return
+                detail = "; ".join(
+                    f"{k}: {v['detail']}" for k, v in body["components"].items() if not v["ok"]
+                )
+            except (httpx.HTTPError, ValueError):
+                pass
+            status.update(f"starting the service — {detail}")
+            time.sleep(0.3)
+    raise TipmlError(f"the service was not ready after {timeout_s:g} s: {detail}")
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 20.0,
+    port: Annotated[int, typer.Option(help="Port for the service.")] = 8000,
+    keep_serving: Annotated[bool, typer.Option(help="Keep serving after the run.")] = False,
+    users: Annotated[int, typer.Option(help="Simulated users.")] = 200,
+    concurrency: Annotated[int, typer.Option(help="Concurrent simulated clients.")] = 2,
+) -> None:
+    """Start the whole system on embedded defaults and drive it with the simulator."""
+    from tipml.sim.demo import drive
+    from tipml.sim.driver import percentile
+
+    token = os.environ.get("TIPML_API_TOKENS", "").split(",")[0] or secrets.token_urlsafe(24)
+    env = {**os.environ, "TIPML_API_TOKENS": token, "TIPML_LOG_REQUESTS": "0"}
+    data_dir = Path(env.setdefault("TIPML_DATA_DIR", ".tipml"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "serve.log"
+    base_url = f"http://127.0.0.1:{port}"
+    console.print(f"[bold]tipml demo[/] — service on {base_url}, logs in {log_path}")
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tipml", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        _wait_ready(base_url, proc, timeout_s=180)
+        console.print(f"ready; driving {users} simulated users for {duration:g} s")
+        with console.status("simulating: signals → score → generate → reactions → feedback"):
+            report, loop = asyncio.run(
+                drive(base_url, token, users, duration, concurrency, data_dir)
+            )
+        _print_report(report, percentile)
+        _print_loop(loop)
+        if keep_serving:
+            console.print(
+                f"\nserving on {base_url} — token: {token}\n"
+                f"try: curl -s {base_url}/readyz ; Ctrl-C to stop"
+            )
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except TipmlError as exc:
+        fail(exc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _print_loop(loop: dict[str, Any]) -> None:
+    out = Console()
+    out.print(
+        f"\nevents published: {loop['published']}  users with online features: "
+        f"{loop['users']}  dead letters: {loop['dead_letters']}"
+    )
+    table = Table("consumer", "state", title="consumers")
+    for name, detail in sorted(loop["consumers"].items()):
+        table.add_row(name, detail)
+    out.print(table)
+    prompts = Table(
+        "prompt version",
+        "feedback",
+        "mean reward",
+        "reactions",
+        title="reward per prompt variant (generated tips)",
+    )
+    for version, agg in sorted(loop["prompts"].items()):
+        mean = agg["reward_sum"] / agg["n"] if agg["n"] else 0.0
+        prompts.add_row(version, str(agg["n"]), f"{mean:.3f}", str(agg["reactions"]))
+    out.print(prompts)
+    curated = {k: v for k, v in loop["tips"].items() if not k.startswith("gen-")}
+    best = sorted(curated.items(), key=lambda kv: -kv[1]["reward_sum"] / max(1, kv[1]["n"]))
+    tips = Table("tip", "shown", "mean reward", title="best curated tips so far (n ≥ 3)")
+    for tip_id, agg in [x for x in best if x[1]["n"] >= 3][:5]:
+        tips.add_row(tip_id, str(agg["n"]), f"{agg['reward_sum'] / agg['n']:.3f}")
+    out.print(tips)
+    if loop["sample_user"]:
+        feats = loop["sample_features"]
+        out.print(
+            f"online features of {loop['sample_user']}: 24h {feats['signal_counts_24h']}, "
+            f"streak {feats['streak_days']} d, last seen {feats['last_seen']}"
+        )
+
+
+def _print_report(report: object, percentile: object) -> None:
+    from tipml.sim.driver import DriveReport
+    from tipml.sim.driver import percentile as pct
+
+    assert isinstance(report, DriveReport)
+    out = Console()
+    table = Table("route", "requests", "errors", "p50 ms", "p99 ms", "rps", title="requests")
+    for route, stats in report.routes.items():
+        table.add_row(
+            route,
+            str(stats.count),
+            str(sum(stats.errors.values())),
+            f"{pct(stats.latencies_ms, 50):.1f}",
+            f"{pct(stats.latencies_ms, 99):.1f}",
+            f"{len(stats.latencies_ms) / report.duration_s:.1f}",
+        )
+    out.print(table)
+    ranked = sum(report.reward_ranked) / max(1, len(report.reward_ranked))
+    rand = sum(report.reward_random) / max(1, len(report.reward_random))
+    out.print(
+        f"generations: {report.generations}  fallback rate: {report.fallback_rate:.0%}  "
+        f"reasons: {dict(report.fallback_reasons) or '-'}  "
+        f"versions: {dict(report.prompt_versions)}"
+    )
+    out.print(f"reactions to top tips: {dict(report.reactions)}")
+    out.print(
+        f"expected reward of the top-ranked tip {ranked:.3f} vs a random candidate {rand:.3f}"
+    )
+    samples = Table("version", "topic", "fallback", "tip", title="generated tips")
+    for version, topic, fallback, text in report.samples:
+        samples.add_row(version, topic, "yes" if fallback else "no", text)
+    out.print(samples)

@@ -1,0 +1,93 @@
+"""``tipml consume`` and ``tipml dlq list|replay``."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Annotated
+
+import typer
+
+from tipml.cli.app import app, bus, console, dlq_app, fail, run, settings
+from tipml.errors import TipmlError
+
+
+@app.command()
+def consume(
+    only: Annotated[str, typer.Option(help="Comma-separated: signals, feedback, archiver.")] = (
+        "signals,feedback,archiver"
+    ),
+    metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics (0: off).")] = 0,
+) -> None:
+    """Run the JetStream consumers until SIGINT/SIGTERM (graceful: finish, ack, write state)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from tipml.events.bus import running_url
+    from tipml.events.runtime import ALL_CONSUMERS, EventsRuntime
+    from tipml.logs import configure_logging
+
+    config = settings()
+    # Join the embedded server of a `tipml serve` on the same data dir rather than starting
+    # a second one on the same store; with neither, start one (standalone consumers).
+    config = config.model_copy(update={"nats_url": running_url(config)})
+    configure_logging(config.log_level)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(ALL_CONSUMERS))
+    if unknown:
+        fail(
+            TipmlError(
+                f"--only: unknown consumer(s) {', '.join(unknown)}; "
+                f"known: {', '.join(ALL_CONSUMERS)}"
+            )
+        )
+    registry = CollectorRegistry()
+    if metrics_port:
+        start_http_server(metrics_port, registry=registry)
+
+    async def main() -> None:
+        events = EventsRuntime(config, registry, consumers=names, name="tipml-consume")
+        await events.start(wait=True)
+        console.print(f"consuming {', '.join(names)} from {events.url}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await events.stop()
+
+    run(main())
+
+
+@dlq_app.command("list")
+def dlq_list(limit: Annotated[int, typer.Option(help="At most this many.")] = 1000) -> None:
+    """Print dead letters as JSON lines (oldest first)."""
+    import orjson
+
+    from tipml.events.dlq import dead_letters
+
+    async def main() -> None:
+        conn = await bus(settings())
+        async for seq, letter in dead_letters(conn, limit):
+            sys.stdout.write(orjson.dumps({"dlq_seq": seq, **letter}).decode() + "\n")
+        await conn.close()
+
+    run(main())
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    subject: Annotated[str, typer.Option(help="Only letters whose subject starts so.")] = "",
+) -> None:
+    """Re-publish dead letters to their original subjects (after a fix), then remove them."""
+    import orjson
+
+    from tipml.events.dlq import replay
+
+    async def main() -> None:
+        conn = await bus(settings())
+        for row in await replay(conn, subject_prefix=subject or None):
+            sys.stdout.write(orjson.dumps(row).decode() + "\n")
+        await conn.close()
+
+    run(main())
