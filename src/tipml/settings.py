@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from tipml.errors import ConfigError
 
 DEFAULT_GATEWAY_CONFIG = Path(__file__).parent / "serving" / "gateway.yaml"
+DEFAULT_EXPERIMENTS_CONFIG = Path(__file__).parent / "experiments" / "experiments.yaml"
 
 
 class Settings(BaseSettings):
@@ -54,6 +55,9 @@ class Settings(BaseSettings):
         200, ge=20, le=2000, description="Default and ceiling of max_chars on /generate."
     )
     gateway_config: Path = Field(DEFAULT_GATEWAY_CONFIG, description="LiteLLM router config.")
+    experiments_config: Path = Field(
+        DEFAULT_EXPERIMENTS_CONFIG, description="Experiments file (layers, A/B tests, bandits)."
+    )
     local_llm: Literal["auto", "off"] = Field(
         "auto",
         description="auto: start the embedded llama.cpp server when the gateway config uses it.",

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from tipml.cli import demo, events, features, prompts, serve  # noqa: F401 - registers commands
+from tipml.cli import (  # noqa: F401 - registers the commands
+    demo,
+    events,
+    experiments,
+    features,
+    prompts,
+    serve,
+)
 from tipml.cli.app import app
 
 

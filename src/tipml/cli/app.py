@@ -23,6 +23,8 @@ dlq_app = typer.Typer(help="Dead letters of the JetStream consumers.", no_args_i
 app.add_typer(dlq_app, name="dlq")
 features_app = typer.Typer(help="Online features.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
+experiments_app = typer.Typer(help="Experiments: assignment.", no_args_is_help=True)
+app.add_typer(experiments_app, name="experiments")
 console = Console(stderr=True)
 
 

@@ -18,12 +18,13 @@ from typing import Any
 from tipml.domain.tips import TipStatsView
 from tipml.errors import TipmlError
 from tipml.events.runtime import ALL_CONSUMERS, EventsRuntime
+from tipml.experiments.config import load_experiments
 from tipml.experiments.policies import Greedy
 from tipml.features.store import OnlineFeatureStore
 from tipml.serving.gateway import LOCAL_LLM_VAR, LiteLLMGateway, LLMGateway, load_gateway_config
 from tipml.serving.local_llm import LocalLLM, assemble_default_model
 from tipml.serving.metrics import Metrics
-from tipml.serving.prompts import resolve_version
+from tipml.serving.prompts import known_versions, resolve_version
 from tipml.serving.scoring import Scorer, build_scorer
 from tipml.serving.service import GenerateService, ScoreService
 from tipml.settings import Settings
@@ -112,6 +113,7 @@ class Runtime:
         )
         # Fail fast on a config that cannot work, before anything starts.
         load_gateway_config(settings.gateway_config)
+        load_experiments(settings.experiments_config, known_versions())
         return runtime
 
     async def start(self) -> None:

@@ -1,0 +1,185 @@
+"""The experiments file: loaded and checked once, at start-up; a bad key stops start-up with a
+message naming it (``experiments.<name>.<key>: …``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tipml.errors import ConfigError
+from tipml.experiments.assignment import Assignment, Experiment, Namespace, assign
+from tipml.experiments.bandits import Policy
+
+Target = Literal["prompt_version", "score_policy"]
+SCORE_POLICIES = ("greedy", "epsilon_greedy", "softmax", "thompson")
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    name: str
+    target: Target
+    kind: Literal["ab", "bandit"]
+    experiment: Experiment  # the sticky part: which units take part (and, for ab, the variant)
+    policy: str | None = None
+    arms: tuple[str, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def assign(self, unit: str) -> Assignment:
+        """For an A/B test, the unit's variant; for a bandit, whether the unit takes part
+        (the policy picks the arm per decision, so ``variant`` is None)."""
+        result = assign(self.experiment, unit)
+        if self.kind == "bandit":
+            return Assignment(self.name, None, result.bucket, result.in_experiment)
+        return result
+
+
+@dataclass(frozen=True)
+class ExperimentsConfig:
+    experiments: Mapping[str, ExperimentSpec]
+
+    def get(self, name: str) -> ExperimentSpec:
+        spec = self.experiments.get(name)
+        if spec is None:
+            known = ", ".join(sorted(self.experiments)) or "none"
+            raise ConfigError(f"unknown experiment {name!r}; configured: {known}")
+        return spec
+
+
+def _where(name: str, key: str) -> str:
+    return f"experiments.{name}.{key}"
+
+
+def _floats(value: object, where: str) -> tuple[float, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, int | float) for v in value):
+        raise ConfigError(f"{where}: expected a list of numbers")
+    return tuple(float(v) for v in value)
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected a non-empty list of names")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: names must be distinct")
+    return tuple(value)
+
+
+def parse_experiments(raw: object, prompt_versions: Sequence[str]) -> ExperimentsConfig:
+    """Check a parsed experiments document; ``prompt_versions``: the released versions."""
+    if not isinstance(raw, dict):
+        raise ConfigError("experiments file: expected a mapping at the top level")
+    unknown_top = set(raw) - {"layers", "experiments"}
+    if unknown_top:
+        raise ConfigError(f"{sorted(unknown_top)[0]}: unknown key (known: layers, experiments)")
+    layers = raw.get("layers") or {}
+    if not isinstance(layers, dict):
+        raise ConfigError("layers: expected a mapping of layer names")
+    entries = raw.get("experiments") or {}
+    if not isinstance(entries, dict):
+        raise ConfigError("experiments: expected a mapping of experiment names")
+    specs: dict[str, ExperimentSpec] = {}
+    slices: dict[str, list[tuple[float, float, str]]] = {}
+    for name, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"experiments.{name}: expected a mapping")
+        allowed = {
+            "target",
+            "kind",
+            "variants",
+            "weights",
+            "coverage",
+            "seed",
+            "layer",
+            "range",
+            "policy",
+            "arms",
+            "params",
+        }
+        extra = sorted(set(entry) - allowed)
+        if extra:
+            raise ConfigError(f"{_where(name, extra[0])}: unknown key")
+        target = entry.get("target")
+        if target not in ("prompt_version", "score_policy"):
+            raise ConfigError(f"{_where(name, 'target')}: prompt_version or score_policy")
+        kind = entry.get("kind")
+        if kind not in ("ab", "bandit"):
+            raise ConfigError(f"{_where(name, 'kind')}: ab or bandit")
+        namespace = None
+        if "layer" in entry:
+            layer = entry["layer"]
+            if layer not in layers:
+                raise ConfigError(f"{_where(name, 'layer')}: unknown layer {layer!r}")
+            lo, hi = _floats(entry.get("range", [0, 1]), _where(name, "range"))
+            if not 0 <= lo < hi <= 1:
+                raise ConfigError(f"{_where(name, 'range')}: need 0 ≤ start < end ≤ 1")
+            for other_lo, other_hi, other in slices.get(layer, []):
+                if lo < other_hi and other_lo < hi:
+                    raise ConfigError(
+                        f"{_where(name, 'range')}: overlaps {other!r} in layer {layer!r}"
+                    )
+            slices.setdefault(layer, []).append((lo, hi, name))
+            namespace = Namespace(str(layer), lo, hi)
+        seed = str(entry.get("seed", name))
+        coverage = float(entry.get("coverage", 1.0))
+        if kind == "ab":
+            variants = _strings(entry.get("variants"), _where(name, "variants"))
+            known = prompt_versions if target == "prompt_version" else None
+            for v in variants:
+                if known is not None and v not in known:
+                    raise ConfigError(
+                        f"{_where(name, 'variants')}: unknown prompt version {v!r}; "
+                        f"known: {', '.join(known)}"
+                    )
+                if target == "score_policy" and v.split(":", 1)[0] not in SCORE_POLICIES:
+                    raise ConfigError(f"{_where(name, 'variants')}: unknown policy {v!r}")
+            weights = None
+            if "weights" in entry:
+                weights = _floats(entry["weights"], _where(name, "weights"))
+                if len(weights) != len(variants) or abs(sum(weights) - 1) > 1e-6:
+                    raise ConfigError(f"{_where(name, 'weights')}: one per variant, summing to 1")
+            try:
+                experiment = Experiment(name, variants, weights, coverage, seed, namespace)
+            except ConfigError as exc:
+                raise ConfigError(f"experiments.{name}: {exc.detail}") from None
+            specs[name] = ExperimentSpec(name, target, kind, experiment)
+        else:
+            policy = entry.get("policy")
+            if policy not in Policy.REGISTRY:
+                raise ConfigError(
+                    f"{_where(name, 'policy')}: unknown policy {policy!r}; "
+                    f"known: {', '.join(sorted(Policy.REGISTRY))}"
+                )
+            arms = _strings(entry.get("arms"), _where(name, "arms"))
+            if target == "prompt_version":
+                for arm in arms:
+                    if arm not in prompt_versions:
+                        raise ConfigError(
+                            f"{_where(name, 'arms')}: unknown prompt version {arm!r}; "
+                            f"known: {', '.join(prompt_versions)}"
+                        )
+            params = entry.get("params") or {}
+            if not isinstance(params, dict):
+                raise ConfigError(f"{_where(name, 'params')}: expected a mapping")
+            try:
+                Policy.REGISTRY[policy](arms, seed=0, **params)
+            except (TypeError, ConfigError) as exc:
+                raise ConfigError(f"{_where(name, 'params')}: {exc}") from None
+            gate = Experiment(name, ("in", "in"), None, coverage, seed, namespace)
+            specs[name] = ExperimentSpec(name, target, kind, gate, policy, arms, params)
+    return ExperimentsConfig(specs)
+
+
+def load_experiments(path: Path, prompt_versions: Sequence[str]) -> ExperimentsConfig:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"experiments file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"experiments file {path}: not valid YAML: {exc}") from exc
+    try:
+        return parse_experiments(raw or {}, prompt_versions)
+    except ConfigError as exc:
+        raise ConfigError(f"experiments file {path}: {exc.detail}") from None
