@@ -12,7 +12,7 @@ import yaml
 
 from tipml.errors import ConfigError
 from tipml.experiments.assignment import Assignment, Experiment, Namespace, assign
-from tipml.experiments.bandits import Policy
+from tipml.experiments.bandits import Policy, make_policy
 
 Target = Literal["prompt_version", "score_policy"]
 SCORE_POLICIES = ("greedy", "epsilon_greedy", "softmax", "thompson")
@@ -65,6 +65,14 @@ def _strings(value: object, where: str) -> tuple[str, ...]:
     if len(set(value)) != len(value):
         raise ConfigError(f"{where}: names must be distinct")
     return tuple(value)
+
+
+def _released(values: Sequence[str], prompt_versions: Sequence[str], where: str) -> None:
+    for v in values:
+        if v not in prompt_versions:
+            raise ConfigError(
+                f"{where}: unknown prompt version {v!r}; known: {', '.join(prompt_versions)}"
+            )
 
 
 def parse_experiments(raw: object, prompt_versions: Sequence[str]) -> ExperimentsConfig:
@@ -126,13 +134,9 @@ def parse_experiments(raw: object, prompt_versions: Sequence[str]) -> Experiment
         coverage = float(entry.get("coverage", 1.0))
         if kind == "ab":
             variants = _strings(entry.get("variants"), _where(name, "variants"))
-            known = prompt_versions if target == "prompt_version" else None
+            if target == "prompt_version":
+                _released(variants, prompt_versions, _where(name, "variants"))
             for v in variants:
-                if known is not None and v not in known:
-                    raise ConfigError(
-                        f"{_where(name, 'variants')}: unknown prompt version {v!r}; "
-                        f"known: {', '.join(known)}"
-                    )
                 if target == "score_policy" and v.split(":", 1)[0] not in SCORE_POLICIES:
                     raise ConfigError(f"{_where(name, 'variants')}: unknown policy {v!r}")
             weights = None
@@ -154,19 +158,14 @@ def parse_experiments(raw: object, prompt_versions: Sequence[str]) -> Experiment
                 )
             arms = _strings(entry.get("arms"), _where(name, "arms"))
             if target == "prompt_version":
-                for arm in arms:
-                    if arm not in prompt_versions:
-                        raise ConfigError(
-                            f"{_where(name, 'arms')}: unknown prompt version {arm!r}; "
-                            f"known: {', '.join(prompt_versions)}"
-                        )
+                _released(arms, prompt_versions, _where(name, "arms"))
             params = entry.get("params") or {}
             if not isinstance(params, dict):
                 raise ConfigError(f"{_where(name, 'params')}: expected a mapping")
             try:
-                Policy.REGISTRY[policy](arms, seed=0, **params)
-            except (TypeError, ConfigError) as exc:
-                raise ConfigError(f"{_where(name, 'params')}: {exc}") from None
+                make_policy(policy, arms, seed=0, **params)
+            except ConfigError as exc:
+                raise ConfigError(f"{_where(name, 'params')}: {exc.detail}") from None
             gate = Experiment(name, ("in", "in"), None, coverage, seed, namespace)
             specs[name] = ExperimentSpec(name, target, kind, gate, policy, arms, params)
     return ExperimentsConfig(specs)
