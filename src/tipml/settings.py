@@ -48,6 +48,19 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DEFAULT_PROMPT_VERSION", "default_prompt_version"),
         min_length=1,
     )
+    score_policy: str = Field(
+        "greedy",
+        min_length=1,
+        description="Ranking policy of /score: greedy, epsilon_greedy:<ε>, softmax:<t>, "
+        "thompson, or experiment:<name>[,<name>…] (an experiment picks the policy).",
+    )
+    learner_grace_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="How long the experiments learner waits for a decision its feedback "
+        "overtook before counting the feedback as unmatched.",
+    )
     generate_deadline_s: float = Field(
         6.0, gt=0, le=120, description="Hard outer deadline of one LLM call in /generate."
     )

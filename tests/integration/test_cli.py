@@ -72,5 +72,11 @@ def test_demo_starts_the_service_and_drives_it(tmp_path: Path, gateway_file: Gat
     assert published > 10
     assert re.search(r"signals-features\s*│\s*lag 0, processed [1-9]", out), out
     assert re.search(r"feedback-rewards\s*│\s*lag 0, processed [1-9]", out), out
-    assert "reward per prompt variant" in out
+    # both packaged experiments ran and the report counted their exposures
+    assert "experiments report" in out, out
+    ab = re.search(r"prompt-version \(ab, prompt_version\)", out)
+    assert ab, out
+    rows = re.findall(r"^│ (v[123]|holdout)\s*│\s*(\d+)\s*│", out, re.MULTILINE)
+    assert sum(int(n) for _, n in rows) > 0, out
+    assert "prompt-bandit traffic by prompt version" in out, out
     assert list((tmp_path / "data" / "offline" / "signals").glob("date=*/part-*.parquet"))

@@ -3,14 +3,19 @@ experiment shapes, the same variant (and bucket) as GrowthBook's own Python SDK.
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from growthbook import Experiment as GBExperiment
 from growthbook import GrowthBook
 
 from tipml.errors import ConfigError
-from tipml.experiments.assignment import Experiment, Namespace, assign, fnv1a32
+from tipml.experiments.assignment import HOLDOUT, Experiment, Namespace, assign, fnv1a32
+from tipml.experiments.config import load_experiments, packaged_experiments, parse_experiments
+from tipml.serving.prompts import known_versions
 
 IDS = [f"user-{i}" for i in range(9_990)] + [
     "é",
@@ -101,3 +106,74 @@ def test_bad_experiments_name_the_key() -> None:
         Experiment("e1", ("a", "b"), weights=(0.6, 0.6))
     with pytest.raises(ConfigError, match="'e2': variants"):
         Experiment("e2", ("a",))
+
+
+# -- the recommender's side: @growthbook/growthbook computes the same (clients/typescript) ----
+
+FIXTURE = Path(__file__).parents[2] / "clients/typescript/test/fixtures/assignments.json"
+EXTRA_IDS = IDS[9_990:]
+
+
+def _fixture_now() -> dict[str, object]:
+    """Every packaged experiment (and the holdout) as GrowthBook definitions, with the
+    variation index tipml assigns to each of 10,000 ids (``-`` when not in the experiment)."""
+    config = load_experiments(packaged_experiments(), known_versions())
+    definitions = config.growthbook()
+    experiments = {**{n: s.experiment for n, s in config.experiments.items()}}
+    assert config.holdout is not None
+    experiments[HOLDOUT] = config.holdout
+    expected = {}
+    for name, exp in experiments.items():
+        marks = []
+        for unit in IDS:
+            result = assign(exp, unit)
+            marks.append("-" if result.variation_id is None else str(result.variation_id))
+        expected[name] = "".join(marks)
+    return {
+        "ids": {"prefix": "user-", "count": 9_990, "extra": EXTRA_IDS},
+        "experiments": definitions,
+        "expected": expected,
+    }
+
+
+def test_the_typescript_fixture_is_what_tipml_assigns_today() -> None:
+    """``clients/typescript/test/growthbook.test.ts`` runs GrowthBook's JavaScript SDK over
+    this fixture; here the fixture is checked against tipml's own assignment of the packaged
+    experiments. ``TIPML_WRITE_FIXTURES=1`` rewrites it after a change of the packaged file."""
+    now = _fixture_now()
+    if os.environ.get("TIPML_WRITE_FIXTURES") == "1":
+        FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+        FIXTURE.write_text(json.dumps(now, ensure_ascii=False) + "\n")
+    stored = json.loads(FIXTURE.read_text())
+    assert stored == now
+
+
+def test_the_holdout_keeps_its_share_out_of_every_experiment() -> None:
+    config = parse_experiments(
+        {
+            "holdout": {"share": 0.1, "seed": "h"},
+            "experiments": {
+                "e": {"target": "prompt_version", "kind": "ab", "variants": ["v1", "v2"]}
+            },
+        },
+        ["v1", "v2"],
+    )
+    units = IDS[:9_990]
+    held = [u for u in units if config.in_holdout(u)]
+    assert abs(len(held) / len(units) - 0.1) < 0.015
+    for u in held[:200]:
+        a = config.assign("e", u)
+        assert (a.holdout, a.in_experiment, a.variant) == (True, False, None)
+    outside = next(u for u in units if not config.in_holdout(u))
+    assert config.assign("e", outside).in_experiment
+    with pytest.raises(ConfigError, match=r"holdout\.share"):
+        parse_experiments({"holdout": {"share": 1.5}}, ["v1"])
+    with pytest.raises(ConfigError, match="reserved"):
+        parse_experiments(
+            {
+                "experiments": {
+                    "holdout": {"target": "prompt_version", "kind": "ab", "variants": ["v1", "v2"]}
+                }
+            },
+            ["v1", "v2"],
+        )

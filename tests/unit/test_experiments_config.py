@@ -97,7 +97,7 @@ def _ab(**overrides: Any) -> dict[str, Any]:
                     }
                 }
             },
-            "experiments.b.variants: unknown policy 'random_walk:3'",
+            "experiments.b.variants: unknown score policy 'random_walk:3'",
         ),
     ],
 )
@@ -133,6 +133,31 @@ def test_cli_assign_prints_the_assignment_as_json() -> None:
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert set(out) == {"experiment", "variant", "bucket", "in_experiment"}
+    assert set(out) == {"experiment", "variant", "bucket", "in_experiment", "holdout"}
     assert out["experiment"] == "prompt-version"
     assert out["variant"] in ("v1", "v2")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"default_prompt_version": "experiment:nope"},
+            "DEFAULT_PROMPT_VERSION: unknown experiment 'nope'",
+        ),
+        (
+            {"score_policy": "experiment:prompt-version"},
+            "TIPML_SCORE_POLICY: experiment 'prompt-version' decides prompt_version",
+        ),
+        (
+            {"score_policy": "epsilon_greedy:1.5"},
+            r"TIPML_SCORE_POLICY: epsilon_greedy: ε must be in \[0, 1\]",
+        ),
+        ({"score_policy": "random"}, "TIPML_SCORE_POLICY: unknown score policy 'random'"),
+    ],
+)
+def test_a_bad_experiment_setting_stops_start_up_naming_it(
+    tmp_path: Path, overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create_app(make_settings(tmp_path, **overrides))

@@ -10,6 +10,7 @@ export type ScoreResponse = components["schemas"]["ScoreResponse"];
 export type GenerateRequest = components["schemas"]["GenerateRequest"];
 export type GenerateResponse = components["schemas"]["GenerateResponse"];
 export type ErrorBody = components["schemas"]["ErrorBody"];
+export type ExperimentsReport = components["schemas"]["ExperimentsReport"];
 
 export class TipmlError extends Error {
   constructor(
@@ -53,14 +54,23 @@ export class TipmlClient {
     return this.post<GenerateResponse>("/generate", request);
   }
 
-  private async post<T>(path: string, body: unknown): Promise<T> {
+  /** Reward per experiment variant and per prompt version (for the admin dashboard). */
+  experimentsReport(): Promise<ExperimentsReport> {
+    return this.request<ExperimentsReport>("GET", "/experiments/report");
+  }
+
+  private post<T>(path: string, body: unknown): Promise<T> {
+    return this.request<T>("POST", path, body);
+  }
+
+  private async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     const response = await fetch(`${this.baseUrl}${path}`, {
-      method: "POST",
+      method,
       headers: {
-        "content-type": "application/json",
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
         authorization: `Bearer ${this.options.token}`,
       },
-      body: JSON.stringify(body),
+      body: body === undefined ? undefined : JSON.stringify(body),
       signal: AbortSignal.timeout(this.options.timeoutMs ?? 10_000),
     });
     const data: unknown = await response.json();

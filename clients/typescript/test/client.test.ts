@@ -95,6 +95,7 @@ describe("TipmlClient against the real service", () => {
       k: 2,
     });
     assert.equal(response.policy, "greedy");
+    assert.equal(response.experiment, null); // no experiment chose the policy
     assert.deepEqual(response.results.map((r) => r.rank), [1, 2]);
     assert.equal(response.results[0]?.tip_id, "focus-001");
     assert.equal(response.results[0]?.propensity, 1);
@@ -116,6 +117,14 @@ describe("TipmlClient against the real service", () => {
     assert.deepEqual(used, ["v1", "v2", "v1"]);
     const pinned = await client.generate({ user_id: "ts-user", prompt_version: "v3" });
     assert.equal(pinned.prompt_version, "v3"); // the body wins over the rotation
+    assert.deepEqual([pinned.experiment, pinned.variant, pinned.propensity], [null, null, null]);
+  });
+
+  test("the experiments report is typed and lists the packaged experiments", async () => {
+    const report = await new TipmlClient({ baseUrl, token }).experimentsReport();
+    assert.deepEqual(Object.keys(report.experiments).sort(), ["prompt-bandit", "prompt-version"]);
+    assert.equal(report.experiments["prompt-version"]?.kind, "ab");
+    assert.equal(report.experiments["prompt-bandit"]?.policy, "thompson");
   });
 
   test("errors are typed and name the field", async () => {

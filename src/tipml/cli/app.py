@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tipml.errors import TipmlError
 
@@ -23,13 +24,16 @@ dlq_app = typer.Typer(help="Dead letters of the JetStream consumers.", no_args_i
 app.add_typer(dlq_app, name="dlq")
 features_app = typer.Typer(help="Online features.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
-experiments_app = typer.Typer(help="Experiments: assignment.", no_args_is_help=True)
+experiments_app = typer.Typer(
+    help="Experiments: assignment, off-policy evaluation, reward report.", no_args_is_help=True
+)
 app.add_typer(experiments_app, name="experiments")
 console = Console(stderr=True)
 
 
 def fail(exc: TipmlError) -> NoReturn:
-    console.print(f"[bold red]error:[/] {exc.detail}")
+    """One line on stderr (never wrapped, markup in the message not interpreted), exit 2."""
+    console.print("[bold red]error:[/] " + escape(" ".join(exc.detail.split())), soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -46,11 +46,14 @@ def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float) 
 
 @app.command()
 def demo(
-    duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 20.0,
+    duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 60.0,
     port: Annotated[int, typer.Option(help="Port for the service.")] = 8000,
     keep_serving: Annotated[bool, typer.Option(help="Keep serving after the run.")] = False,
     users: Annotated[int, typer.Option(help="Simulated users.")] = 200,
     concurrency: Annotated[int, typer.Option(help="Concurrent simulated clients.")] = 2,
+    generate_every: Annotated[
+        int, typer.Option(help="One /generate per this many /score steps.")
+    ] = 2,
 ) -> None:
     """Start the whole system on embedded defaults and drive it with the simulator."""
     from tipml.sim.demo import drive
@@ -58,6 +61,9 @@ def demo(
 
     token = os.environ.get("TIPML_API_TOKENS", "").split(",")[0] or secrets.token_urlsafe(24)
     env = {**os.environ, "TIPML_API_TOKENS": token, "TIPML_LOG_REQUESTS": "0"}
+    # Both packaged experiments run: the A/B test on one half of the `prompts` layer, the
+    # Thompson-sampling bandit on the other (a setting of your own wins).
+    env.setdefault("DEFAULT_PROMPT_VERSION", "experiment:prompt-version,prompt-bandit")
     data_dir = Path(env.setdefault("TIPML_DATA_DIR", ".tipml"))
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "serve.log"
@@ -75,7 +81,15 @@ def demo(
         console.print(f"ready; driving {users} simulated users for {duration:g} s")
         with console.status("simulating: signals → score → generate → reactions → feedback"):
             report, loop = asyncio.run(
-                drive(base_url, token, users, duration, concurrency, data_dir)
+                drive(
+                    base_url,
+                    token,
+                    users,
+                    duration,
+                    concurrency,
+                    data_dir,
+                    generate_every=generate_every,
+                )
             )
         _print_report(report, percentile)
         _print_loop(loop)
@@ -105,17 +119,25 @@ def _print_loop(loop: dict[str, Any]) -> None:
     for name, detail in sorted(loop["consumers"].items()):
         table.add_row(name, detail)
     out.print(table)
-    prompts = Table(
-        "prompt version",
-        "feedback",
-        "mean reward",
-        "reactions",
-        title="reward per prompt variant (generated tips)",
-    )
-    for version, agg in sorted(loop["prompts"].items()):
-        mean = agg["reward_sum"] / agg["n"] if agg["n"] else 0.0
-        prompts.add_row(version, str(agg["n"]), f"{mean:.3f}", str(agg["reactions"]))
-    out.print(prompts)
+    if loop.get("experiments"):
+        from tipml.cli.experiments import print_report
+
+        out.print("\n[bold]experiments report[/] (GET /experiments/report)")
+        print_report(loop["experiments"])
+    shift = loop.get("bandit_shift") or []
+    if shift and shift[0]["n"]:
+        versions = sorted(k for k in shift[0] if k != "n")
+        table = Table(
+            "part of the run",
+            "decisions",
+            *versions,
+            title="prompt-bandit traffic by prompt version (the simulated users prefer v2)",
+        )
+        for label, part in zip(("first third", "middle third", "last third"), shift, strict=False):
+            table.add_row(
+                label, str(int(part["n"])), *(f"{part.get(v, 0.0):.0%}" for v in versions)
+            )
+        out.print(table)
     curated = {k: v for k, v in loop["tips"].items() if not k.startswith("gen-")}
     best = sorted(curated.items(), key=lambda kv: -kv[1]["reward_sum"] / max(1, kv[1]["n"]))
     tips = Table("tip", "shown", "mean reward", title="best curated tips so far (n ≥ 3)")

@@ -15,17 +15,21 @@ from tipml.errors import TipmlError
 
 @app.command()
 def consume(
-    only: Annotated[str, typer.Option(help="Comma-separated: signals, feedback, archiver.")] = (
-        "signals,feedback,archiver"
-    ),
+    only: Annotated[
+        str, typer.Option(help="Comma-separated: signals, feedback, archiver, learner.")
+    ] = "signals,feedback,archiver,learner",
     metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics (0: off).")] = 0,
 ) -> None:
     """Run the JetStream consumers until SIGINT/SIGTERM (graceful: finish, ack, write state)."""
     from prometheus_client import CollectorRegistry, start_http_server
 
+    from tipml.domain.rewards import RewardTable
     from tipml.events.bus import running_url
     from tipml.events.runtime import ALL_CONSUMERS, EventsRuntime
+    from tipml.experiments.config import load_experiments
+    from tipml.experiments.learner import learner_factory
     from tipml.logs import configure_logging
+    from tipml.serving.prompts import known_versions
 
     config = settings()
     # Join the embedded server of a `tipml serve` on the same data dir rather than starting
@@ -41,12 +45,28 @@ def consume(
                 f"known: {', '.join(ALL_CONSUMERS)}"
             )
         )
+    try:
+        experiments = load_experiments(config.experiments_config, known_versions())
+    except TipmlError as exc:
+        fail(exc)
+    learner = learner_factory(
+        experiments,
+        RewardTable(config.rewards),
+        horizon_s=config.dedupe_horizon_s,
+        grace_s=config.learner_grace_s,
+    )
     registry = CollectorRegistry()
     if metrics_port:
         start_http_server(metrics_port, registry=registry)
 
     async def main() -> None:
-        events = EventsRuntime(config, registry, consumers=names, name="tipml-consume")
+        events = EventsRuntime(
+            config,
+            registry,
+            consumers=names,
+            factories={"learner": learner},
+            name="tipml-consume",
+        )
         await events.start(wait=True)
         console.print(f"consuming {', '.join(names)} from {events.url}")
         stop = asyncio.Event()

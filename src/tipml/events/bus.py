@@ -43,7 +43,8 @@ STREAM_SUBJECTS = {
 USER_FEATURES_BUCKET = "user_features"
 TIP_STATS_BUCKET = "tip_stats"
 PROMPT_STATS_BUCKET = "prompt_stats"
-BUCKETS = (USER_FEATURES_BUCKET, TIP_STATS_BUCKET, PROMPT_STATS_BUCKET)
+POLICIES_BUCKET = "policies"  # bandit parameters, one key per experiment configuration
+BUCKETS = (USER_FEATURES_BUCKET, TIP_STATS_BUCKET, PROMPT_STATS_BUCKET, POLICIES_BUCKET)
 
 
 def nats_server_binary() -> str:

@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,13 +29,47 @@ from typing import Any
 
 import orjson
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
+from tipml.events.bus import DECISIONS
 from tipml.events.metrics import EventMetrics
 
 log = logging.getLogger("tipml.decisions")
 
 Record = tuple[str, str, bytes]  # subject, decision id, payload
 _names = itertools.count()
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def decision_subject(kind: str, decision_id: str) -> str:
+    """``ml.decisions.<kind>.<decision_id>``: one subject per decision, so the stream itself
+    answers "which decision was this?" by subject (``lookup_decision``) — no second index.
+    An id that is not a subject token (never one of ours) keeps ``ml.decisions.<kind>``."""
+    if _TOKEN.match(decision_id):
+        return f"ml.decisions.{kind}.{decision_id}"
+    return f"ml.decisions.{kind}"
+
+
+async def lookup_decision(
+    js: JetStreamContext, decision_id: str, kinds: tuple[str, ...] = ("generate", "score")
+) -> dict[str, Any] | None:
+    """The logged decision with this id, or None if the stream has none (not yet, or not
+    ours). One stream get by subject per kind tried; a NATS error propagates (transient)."""
+    if not _TOKEN.match(decision_id):
+        return None
+    for kind in kinds:
+        try:
+            msg = await js.get_last_msg(DECISIONS, f"ml.decisions.{kind}.{decision_id}")
+        except NotFoundError:
+            continue
+        if not msg.data:
+            continue
+        try:
+            payload = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            return None
+        return payload if isinstance(payload, dict) else None
+    return None
 
 
 class DecisionLog:
@@ -72,7 +107,11 @@ class DecisionLog:
     def record(self, kind: str, decision_id: str, payload: dict[str, Any]) -> None:
         """Queue one decision: O(1), never raises, never touches the disk."""
         try:
-            item = (f"ml.decisions.{kind}", decision_id, orjson.dumps(payload, default=str))
+            item = (
+                decision_subject(kind, decision_id),
+                decision_id,
+                orjson.dumps(payload, default=str),
+            )
         except (TypeError, orjson.JSONEncodeError) as exc:
             self._drop(1, f"not serialisable: {exc}")
             return

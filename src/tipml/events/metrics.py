@@ -53,6 +53,15 @@ class EventMetrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+        self.learner = Counter(
+            "tipml_learner_feedback",
+            "Feedback seen by the experiments learner, by outcome: learnt (a bandit arm was "
+            "updated), not_bandit (the decision was not a bandit's), duplicate (the decision "
+            "already had its reward), unmatched (no logged decision with that id), stale (the "
+            "bandit's configuration changed since), no_decision_id.",
+            ["outcome"],
+            registry=r,
+        )
         self.decisions_published = Counter(
             "tipml_decisions_published", "Decisions acknowledged by JetStream.", registry=r
         )

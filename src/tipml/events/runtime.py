@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
@@ -17,10 +18,12 @@ from prometheus_client import CollectorRegistry
 
 from tipml.domain.records import decode_state, kv_key, kv_key_decode
 from tipml.domain.rewards import RewardTable
-from tipml.domain.tips import TipStats, TipStatsView, tip_stats
+from tipml.domain.tips import TipStatsView, tip_stats
 from tipml.domain.users import materialize
+from tipml.errors import ConfigError
 from tipml.events.archive import archivers
 from tipml.events.bus import (
+    POLICIES_BUCKET,
     TIP_STATS_BUCKET,
     USER_FEATURES_BUCKET,
     Bus,
@@ -37,7 +40,30 @@ from tipml.settings import Settings
 
 log = logging.getLogger("tipml.events")
 
-ALL_CONSUMERS = ("signals", "feedback", "archiver")
+ALL_CONSUMERS = ("signals", "feedback", "archiver", "learner")
+# Consumers whose handler lives above the transport (``learner``: experiments/learner.py)
+# are built by a factory the caller passes in, so this package never imports upward.
+HandlerFactory = Callable[[Bus, EventMetrics], Awaitable[Handler]]
+
+
+class StateView(Protocol):
+    """A process's read-only copy of a bucket (decoded key → decoded state), replaced whole
+    after each burst of updates read from the bucket's watch."""
+
+    def replace(self, states: Mapping[str, Any]) -> None: ...
+
+
+@dataclass
+class _Watch:
+    component: str  # its /readyz name
+    bucket: str
+    view: Callable[[dict[str, Any]], None]
+    convert: Callable[[Any], Any]
+    count: int = 0  # keys in the view
+    task: asyncio.Task[None] | None = None
+    live: bool = False
+    seen: float = 0.0
+    error: str | None = None
 
 
 class EventsRuntime:
@@ -49,12 +75,29 @@ class EventsRuntime:
         consumers: Sequence[str] = (),
         decisions: bool = False,
         tip_view: TipStatsView | None = None,
+        policy_view: StateView | None = None,
+        factories: Mapping[str, HandlerFactory] | None = None,
         name: str = "tipml",
     ) -> None:
         self.settings = settings
         self.metrics = EventMetrics(registry)
         self.consumer_names = tuple(consumers)
+        self.factories = dict(factories or {})
         self.tip_view = tip_view
+        self.watches: list[_Watch] = []
+        if tip_view is not None:
+            self.watches.append(
+                _Watch(
+                    "tip_view",
+                    TIP_STATS_BUCKET,
+                    tip_view.replace,
+                    tip_stats,
+                )
+            )
+        if policy_view is not None:
+            self.watches.append(
+                _Watch("policy_view", POLICIES_BUCKET, policy_view.replace, lambda s: s)
+            )
         self.name = name
         self.embedded: EmbeddedNats | None = None
         self.nc: NATS | None = None
@@ -73,12 +116,8 @@ class EventsRuntime:
         self.status = "starting"
         self.detail = "connecting to NATS"
         self._task: asyncio.Task[None] | None = None
-        self._watch_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._user_kv: KeyValue | None = None
-        self.tip_view_live = False
-        self.tip_view_seen = 0.0
-        self.tip_view_error: str | None = None
 
     @property
     def url(self) -> str:
@@ -129,8 +168,8 @@ class EventsRuntime:
                 )
                 await runner.start()
                 self.runners.append(runner)
-            if self.tip_view is not None:
-                self._watch_task = asyncio.create_task(self._watch_tips(), name="tip-view")
+            for watch in self.watches:
+                watch.task = asyncio.create_task(self._watch(watch), name=watch.component)
         except Exception as exc:
             self.status = "failed"
             self.detail = f"{type(exc).__name__}: {exc}"[:500]
@@ -157,33 +196,41 @@ class EventsRuntime:
             )
         if "archiver" in self.consumer_names:
             out.extend(archivers(self.settings.data_dir / "offline"))
+        for name in self.consumer_names:
+            if name in self.factories:
+                out.append(await self.factories[name](self.bus, self.metrics))
+            elif name not in ("signals", "feedback", "archiver"):
+                raise ConfigError(f"consumer {name!r}: no handler given to this process")
         return out
 
-    async def _watch_tips(self) -> None:
-        """Keep the process's read-only view of per-tip aggregates in step with the bucket.
-        Supervised: whatever the watch raises — including re-creating it — is recorded (the
-        ``tip_view`` component of ``/readyz``) and the watch starts over from the bucket's
-        current values after a back-off, so ``/score`` never serves stale rewards silently."""
+    async def _watch(self, watch: _Watch) -> None:
+        """Keep a process's read-only view (per-tip aggregates, bandit parameters) in step
+        with its bucket. Supervised: whatever the watch raises — including re-creating it —
+        is recorded (the view's component of ``/readyz``) and the watch starts over from the
+        bucket's current values after a back-off, so serving never reads a stale view
+        silently."""
         failures = 0
         while not self._stopping.is_set():
             try:
-                await self._watch_tips_once()
+                await self._watch_once(watch)
                 return
             except Exception as exc:
                 failures += 1
-                self.tip_view_error = f"{type(exc).__name__}: {exc}"[:300]
-                self.tip_view_live = False
-                log.error("tip view watch failed; restarting", extra={"error": self.tip_view_error})
+                watch.error = f"{type(exc).__name__}: {exc}"[:300]
+                watch.live = False
+                log.error(
+                    "view watch failed; restarting",
+                    extra={"view": watch.component, "error": watch.error},
+                )
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(
                         self._stopping.wait(), timeout=min(0.5 * 2 ** min(failures - 1, 4), 8.0)
                     )
 
-    async def _watch_tips_once(self) -> None:
+    async def _watch_once(self, watch: _Watch) -> None:
         assert self.bus is not None
-        assert self.tip_view is not None
-        kv = await self.bus.kv(TIP_STATS_BUCKET)
-        current: dict[str, TipStats] = {}
+        kv = await self.bus.kv(watch.bucket)
+        current: dict[str, Any] = {}
         dirty = False
         watcher = await kv.watchall()
         try:
@@ -194,14 +241,15 @@ class EventsRuntime:
                     entry = await watcher.updates(timeout=0.2)  # type: ignore[no-untyped-call]
                 except TimeoutError:
                     entry = None
-                self.tip_view_live = True
-                self.tip_view_seen = time.monotonic()
+                watch.live = True
+                watch.seen = time.monotonic()
                 if entry is not None and entry.key and entry.value:
-                    current[kv_key_decode(entry.key)] = tip_stats(decode_state(entry.value))
+                    current[kv_key_decode(entry.key)] = watch.convert(decode_state(entry.value))
                     dirty = True
                     continue
                 if dirty:  # swap in a new snapshot once the burst of updates is read
-                    self.tip_view.replace(current)
+                    watch.view(dict(current))
+                    watch.count = len(current)
                     dirty = False
         finally:
             with contextlib.suppress(Exception):
@@ -232,20 +280,22 @@ class EventsRuntime:
             out[f"consumer:{runner.handler.name}"] = runner.healthy()
         if self.decisions is not None:
             out["decision_log"] = self.decisions.health()
-        if self.tip_view is not None and self.status == "ready":
-            out["tip_view"] = self._tip_view_health()
+        if self.status == "ready":
+            for watch in self.watches:
+                out[watch.component] = self._watch_health(watch)
         return out
 
-    def _tip_view_health(self) -> tuple[bool, str]:
-        task = self._watch_task
+    @staticmethod
+    def _watch_health(watch: _Watch) -> tuple[bool, str]:
+        task, bucket = watch.task, watch.bucket
         if task is None or task.done():
-            return False, f"not watching tip_stats: {self.tip_view_error or 'not started'}"
-        if not self.tip_view_live:
-            return False, f"watch of tip_stats restarting after: {self.tip_view_error}"
-        age = time.monotonic() - self.tip_view_seen
+            return False, f"not watching {bucket}: {watch.error or 'not started'}"
+        if not watch.live:
+            return False, f"watch of {bucket} restarting after: {watch.error}"
+        age = time.monotonic() - watch.seen
         if age > 10:
-            return False, f"no word from the tip_stats watch for {age:.0f} s"
-        return True, f"watching tip_stats: {len(self.tip_view.snapshot())} tips"  # type: ignore[union-attr]
+            return False, f"no word from the {bucket} watch for {age:.0f} s"
+        return True, f"watching {bucket}: {watch.count} keys"
 
     async def stop(self) -> None:
         """Every step runs whatever the one before did: consumers, the tip view, the decision
@@ -257,9 +307,10 @@ class EventsRuntime:
             if isinstance(result, BaseException):
                 log.error("consumer stop failed", extra={"error": repr(result)[:300]})
         self._stopping.set()
-        if self._watch_task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._watch_task, timeout=2)
+        for watch in self.watches:
+            if watch.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(watch.task, timeout=2)
         if self.decisions is not None:
             try:
                 await self.decisions.stop()

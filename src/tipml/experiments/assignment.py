@@ -69,6 +69,9 @@ class Namespace:
     def contains(self, unit: str) -> bool:
         return self.start <= bucket("__" + self.layer, unit, 1) < self.end
 
+    def growthbook(self) -> list[object]:
+        return [self.layer, self.start, self.end]
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -90,13 +93,42 @@ class Experiment:
         if not 0 <= self.coverage <= 1:
             raise ConfigError(f"experiment {self.key!r}: coverage must be in [0, 1]")
 
+    def growthbook(self) -> dict[str, object]:
+        """This experiment as GrowthBook's SDKs take it (``gb.run(experiment)``, hashing on
+        the ``id`` attribute): the recommender computes the same assignment from it."""
+        out: dict[str, object] = {
+            "key": self.key,
+            "variations": list(self.variants),
+            "coverage": self.coverage,
+            "seed": self.seed or self.key,
+            "hashVersion": 2,
+            "hashAttribute": "id",
+        }
+        if self.weights is not None:
+            out["weights"] = list(self.weights)
+        if self.namespace is not None:
+            out["namespace"] = self.namespace.growthbook()
+        return out
+
 
 @dataclass(frozen=True)
 class Assignment:
     experiment: str
-    variant: str | None  # None: not in the experiment (namespace or coverage)
+    variant: str | None  # None: not in the experiment (namespace, coverage or holdout)
     bucket: float | None
     in_experiment: bool
+    holdout: bool = False  # in the global holdout: no experiment applies to this unit
+    variation_id: int | None = None  # GrowthBook's variationId: the index of the variant
+
+
+HOLDOUT, RELEASED = "holdout", "released"
+
+
+def holdout_experiment(share: float, seed: str) -> Experiment:
+    """The global holdout as a two-variant GrowthBook experiment: a unit whose bucket falls in
+    the first ``share`` of [0, 1) gets ``holdout`` and takes part in no experiment (it keeps
+    the defaults), so its reward is the baseline every experiment's lift is measured against."""
+    return Experiment(HOLDOUT, (HOLDOUT, RELEASED), (share, 1.0 - share), 1.0, seed)
 
 
 def assign(experiment: Experiment, unit: str) -> Assignment:
@@ -107,5 +139,5 @@ def assign(experiment: Experiment, unit: str) -> Assignment:
     ranges = bucket_ranges(len(experiment.variants), experiment.coverage, experiment.weights)
     for i, (lo, hi) in enumerate(ranges):
         if lo <= n < hi:
-            return Assignment(experiment.key, experiment.variants[i], n, True)
+            return Assignment(experiment.key, experiment.variants[i], n, True, variation_id=i)
     return Assignment(experiment.key, None, n, False)

@@ -89,16 +89,27 @@ class Policy(ABC):
         return len(self.arms)
 
     @abstractmethod
-    def probabilities(self, context: Vector | None = None) -> Vector:
+    def probabilities(
+        self, context: Vector | None = None, rng: np.random.Generator | None = None
+    ) -> Vector:
         """The probability of choosing each arm now (sums to 1)."""
 
-    def _draw(self, probs: Vector, context: Vector | None) -> int:
-        return int(self.rng.choice(self.n, p=probs))
+    def _draw(self, probs: Vector, context: Vector | None, rng: np.random.Generator) -> int:
+        return int(rng.choice(self.n, p=probs))
 
-    def choose(self, context: Sequence[float] | Vector | None = None) -> Choice:
+    def choose(
+        self,
+        context: Sequence[float] | Vector | None = None,
+        *,
+        rng: np.random.Generator | None = None,
+    ) -> Choice:
+        """The arm to play and every arm's probability. ``rng``: draw from this generator
+        instead of the policy's own (serving replicas share one policy state but must not
+        explore in lockstep)."""
         x = self._context(context)
-        probs = self.probabilities(x)
-        i = self._draw(probs, x)
+        gen = self.rng if rng is None else rng
+        probs = self.probabilities(x, gen)
+        i = self._draw(probs, x, gen)
         return Choice(self.arms[i], {a: float(p) for a, p in zip(self.arms, probs, strict=True)})
 
     def update(
@@ -131,23 +142,32 @@ class Policy(ABC):
     @abstractmethod
     def _restore(self, state: dict[str, Any]) -> None: ...
 
-    def to_bytes(self) -> bytes:
-        """Everything needed to rebuild this policy exactly, random state included."""
-        doc = {
+    def to_state(self) -> dict[str, Any]:
+        """The configuration and the learnt parameters, JSON-ready — what the shared store
+        keeps (not the random state: each reader draws from its own generator)."""
+        return {
             "name": self.name,
             "arms": self.arms,
             "seed": self.seed,
             "params": self.params,
             "state": self._state(),
-            "rng": self.rng.bit_generator.state,
         }
+
+    @staticmethod
+    def from_state(doc: dict[str, Any]) -> Policy:
+        policy = make_policy(doc["name"], doc["arms"], seed=doc["seed"], **doc["params"])
+        policy._restore(doc["state"])
+        return policy
+
+    def to_bytes(self) -> bytes:
+        """Everything needed to rebuild this policy exactly, random state included."""
+        doc = {**self.to_state(), "rng": self.rng.bit_generator.state}
         return json.dumps(doc).encode()  # json, not orjson: the generator's ints are 128-bit
 
     @staticmethod
     def from_bytes(data: bytes) -> Policy:
         doc = json.loads(data)
-        policy = make_policy(doc["name"], doc["arms"], seed=doc["seed"], **doc["params"])
-        policy._restore(doc["state"])
+        policy = Policy.from_state(doc)
         policy.rng.bit_generator.state = doc["rng"]
         return policy
 
@@ -160,7 +180,9 @@ class _Counting(Policy):
         self.counts = np.zeros(self.n)
         self.sums = np.zeros(self.n)
 
-    def probabilities(self, context: Vector | None = None) -> Vector:
+    def probabilities(
+        self, context: Vector | None = None, rng: np.random.Generator | None = None
+    ) -> Vector:
         unpulled = (self.counts == 0).astype(np.float64)
         if unpulled.any():
             out: Vector = unpulled / unpulled.sum()
@@ -240,18 +262,26 @@ class Thompson(Policy):
         super().__init__(arms, seed=seed, alpha=alpha, beta=beta)
         self.a = np.full(self.n, float(alpha))
         self.b = np.full(self.n, float(beta))
+        self._cached: Vector | None = None  # the estimate for the current posterior
 
-    def probabilities(self, context: Vector | None = None) -> Vector:
-        draws = self.rng.beta(self.a, self.b, size=(THOMPSON_SAMPLES, self.n))
-        probs: Vector = _argmax_frequencies(draws)
-        return probs
+    def probabilities(
+        self, context: Vector | None = None, rng: np.random.Generator | None = None
+    ) -> Vector:
+        """Estimated once per posterior: until the next update every choice reuses it (a
+        serving replica choosing many times from one stored state pays the draws once)."""
+        if self._cached is None:
+            gen = self.rng if rng is None else rng
+            draws = gen.beta(self.a, self.b, size=(THOMPSON_SAMPLES, self.n))
+            self._cached = _argmax_frequencies(draws)
+        return self._cached
 
-    def _draw(self, probs: Vector, context: Vector | None) -> int:
-        return int(np.argmax(self.rng.beta(self.a, self.b)))
+    def _draw(self, probs: Vector, context: Vector | None, rng: np.random.Generator) -> int:
+        return int(np.argmax(rng.beta(self.a, self.b)))
 
     def _update(self, i: int, reward: float, context: Vector | None) -> None:
         self.a[i] += reward
         self.b[i] += 1.0 - reward
+        self._cached = None
 
     def _state(self) -> dict[str, Any]:
         return {"a": self.a.tolist(), "b": self.b.tolist()}
@@ -259,6 +289,7 @@ class Thompson(Policy):
     def _restore(self, state: dict[str, Any]) -> None:
         self.a = np.asarray(state["a"], dtype=np.float64)
         self.b = np.asarray(state["b"], dtype=np.float64)
+        self._cached = None
 
 
 class _Linear(Policy):
@@ -303,7 +334,9 @@ class LinUCB(_Linear):
         super().__init__(arms, seed=seed, d=d, alpha=alpha)
         self.alpha = alpha
 
-    def probabilities(self, context: Vector | None = None) -> Vector:
+    def probabilities(
+        self, context: Vector | None = None, rng: np.random.Generator | None = None
+    ) -> Vector:
         assert context is not None
         mean, width = self._means_and_widths(context)
         return _ties(mean + self.alpha * width)
@@ -318,17 +351,20 @@ class LinThompson(_Linear):
         super().__init__(arms, seed=seed, d=d, v=v)
         self.v = v
 
-    def probabilities(self, context: Vector | None = None) -> Vector:
+    def probabilities(
+        self, context: Vector | None = None, rng: np.random.Generator | None = None
+    ) -> Vector:
         assert context is not None
+        gen = self.rng if rng is None else rng
         mean, width = self._means_and_widths(context)
-        draws = mean + self.v * width * self.rng.standard_normal((THOMPSON_SAMPLES, self.n))
+        draws = mean + self.v * width * gen.standard_normal((THOMPSON_SAMPLES, self.n))
         probs: Vector = _argmax_frequencies(draws)
         return probs
 
-    def _draw(self, probs: Vector, context: Vector | None) -> int:
+    def _draw(self, probs: Vector, context: Vector | None, rng: np.random.Generator) -> int:
         assert context is not None
         mean, width = self._means_and_widths(context)
-        return int(np.argmax(mean + self.v * width * self.rng.standard_normal(self.n)))
+        return int(np.argmax(mean + self.v * width * rng.standard_normal(self.n)))
 
 
 def make_policy(name: str, arms: Sequence[str], *, seed: int = 0, **params: Any) -> Policy:

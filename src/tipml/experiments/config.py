@@ -3,6 +3,8 @@ message naming it (``experiments.<name>.<key>: …``)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,11 +13,18 @@ from typing import Any, Literal
 import yaml
 
 from tipml.errors import ConfigError
-from tipml.experiments.assignment import Assignment, Experiment, Namespace, assign
+from tipml.experiments.assignment import (
+    HOLDOUT,
+    Assignment,
+    Experiment,
+    Namespace,
+    assign,
+    holdout_experiment,
+)
 from tipml.experiments.bandits import Policy, make_policy
+from tipml.experiments.policies import parse_score_policy
 
 Target = Literal["prompt_version", "score_policy"]
-SCORE_POLICIES = ("greedy", "epsilon_greedy", "softmax", "thompson")
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,20 @@ class ExperimentSpec:
     policy: str | None = None
     arms: tuple[str, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def state_key(self) -> str | None:
+        """A bandit's key in the shared policy store: its name and a fingerprint of policy,
+        arms and parameters, so a changed configuration starts from a fresh state instead of
+        reading parameters learnt for other arms."""
+        if self.kind != "bandit":
+            return None
+        doc = json.dumps([self.policy, self.arms, dict(self.params)], sort_keys=True)
+        return f"{self.name}.{hashlib.blake2b(doc.encode(), digest_size=4).hexdigest()}"
+
+    def new_policy(self) -> Policy:
+        assert self.policy is not None
+        return make_policy(self.policy, self.arms, seed=0, **self.params)
 
     def assign(self, unit: str) -> Assignment:
         """For an A/B test, the unit's variant; for a bandit, whether the unit takes part
@@ -40,6 +63,26 @@ class ExperimentSpec:
 @dataclass(frozen=True)
 class ExperimentsConfig:
     experiments: Mapping[str, ExperimentSpec]
+    holdout: Experiment | None = None
+
+    def in_holdout(self, unit: str) -> bool:
+        return self.holdout is not None and assign(self.holdout, unit).variant == HOLDOUT
+
+    def assign(self, name: str, unit: str) -> Assignment:
+        """The unit's assignment in experiment ``name``, the global holdout first."""
+        spec = self.get(name)
+        if self.in_holdout(unit):
+            return Assignment(name, None, None, False, holdout=True)
+        return spec.assign(unit)
+
+    def growthbook(self) -> dict[str, object]:
+        """Every experiment (and the holdout) as GrowthBook experiment definitions."""
+        out: dict[str, object] = {
+            name: spec.experiment.growthbook() for name, spec in self.experiments.items()
+        }
+        if self.holdout is not None:
+            out[HOLDOUT] = self.holdout.growthbook()
+        return out
 
     def get(self, name: str) -> ExperimentSpec:
         spec = self.experiments.get(name)
@@ -75,13 +118,24 @@ def _released(values: Sequence[str], prompt_versions: Sequence[str], where: str)
             )
 
 
+def _score_policies(values: Sequence[str], where: str) -> None:
+    for v in values:
+        try:
+            parse_score_policy(v)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc.detail}") from None
+
+
 def parse_experiments(raw: object, prompt_versions: Sequence[str]) -> ExperimentsConfig:
     """Check a parsed experiments document; ``prompt_versions``: the released versions."""
     if not isinstance(raw, dict):
         raise ConfigError("experiments file: expected a mapping at the top level")
-    unknown_top = set(raw) - {"layers", "experiments"}
+    unknown_top = set(raw) - {"layers", "experiments", "holdout"}
     if unknown_top:
-        raise ConfigError(f"{sorted(unknown_top)[0]}: unknown key (known: layers, experiments)")
+        raise ConfigError(
+            f"{sorted(unknown_top)[0]}: unknown key (known: layers, experiments, holdout)"
+        )
+    holdout = _holdout(raw.get("holdout"))
     layers = raw.get("layers") or {}
     if not isinstance(layers, dict):
         raise ConfigError("layers: expected a mapping of layer names")
@@ -136,9 +190,8 @@ def parse_experiments(raw: object, prompt_versions: Sequence[str]) -> Experiment
             variants = _strings(entry.get("variants"), _where(name, "variants"))
             if target == "prompt_version":
                 _released(variants, prompt_versions, _where(name, "variants"))
-            for v in variants:
-                if target == "score_policy" and v.split(":", 1)[0] not in SCORE_POLICIES:
-                    raise ConfigError(f"{_where(name, 'variants')}: unknown policy {v!r}")
+            if target == "score_policy":
+                _score_policies(variants, _where(name, "variants"))
             weights = None
             if "weights" in entry:
                 weights = _floats(entry["weights"], _where(name, "weights"))
@@ -156,9 +209,16 @@ def parse_experiments(raw: object, prompt_versions: Sequence[str]) -> Experiment
                     f"{_where(name, 'policy')}: unknown policy {policy!r}; "
                     f"known: {', '.join(sorted(Policy.REGISTRY))}"
                 )
+            if Policy.REGISTRY[policy].contextual:
+                raise ConfigError(
+                    f"{_where(name, 'policy')}: {policy} needs a context vector, and serving "
+                    "has no context definition for experiments yet; use a context-free policy"
+                )
             arms = _strings(entry.get("arms"), _where(name, "arms"))
             if target == "prompt_version":
                 _released(arms, prompt_versions, _where(name, "arms"))
+            else:
+                _score_policies(arms, _where(name, "arms"))
             params = entry.get("params") or {}
             if not isinstance(params, dict):
                 raise ConfigError(f"{_where(name, 'params')}: expected a mapping")
@@ -168,7 +228,30 @@ def parse_experiments(raw: object, prompt_versions: Sequence[str]) -> Experiment
                 raise ConfigError(f"{_where(name, 'params')}: {exc.detail}") from None
             gate = Experiment(name, ("in", "in"), None, coverage, seed, namespace)
             specs[name] = ExperimentSpec(name, target, kind, gate, policy, arms, params)
-    return ExperimentsConfig(specs)
+    if HOLDOUT in specs:
+        raise ConfigError(f"experiments.{HOLDOUT}: the name is reserved for the global holdout")
+    return ExperimentsConfig(specs, holdout)
+
+
+def _holdout(raw: object) -> Experiment | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("holdout: expected a mapping with share (and seed)")
+    extra = sorted(set(raw) - {"share", "seed"})
+    if extra:
+        raise ConfigError(f"holdout.{extra[0]}: unknown key (known: share, seed)")
+    share = raw.get("share")
+    if not isinstance(share, int | float) or not 0 <= share < 1:
+        raise ConfigError("holdout.share: a number in [0, 1)")
+    if share == 0:
+        return None
+    return holdout_experiment(float(share), str(raw.get("seed", HOLDOUT)))
+
+
+def packaged_experiments() -> Path:
+    """The experiments file that ships with tipml (``TIPML_EXPERIMENTS_CONFIG`` replaces it)."""
+    return Path(__file__).parent / "experiments.yaml"
 
 
 def load_experiments(path: Path, prompt_versions: Sequence[str]) -> ExperimentsConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Callable, Coroutine
@@ -18,6 +19,7 @@ from tipml.serving.runtime import Runtime
 from tipml.serving.schemas import (
     ComponentStatus,
     ErrorBody,
+    ExperimentsReport,
     GenerateRequest,
     GenerateResponse,
     ReadyResponse,
@@ -129,6 +131,19 @@ async def generate(body: GenerateRequest, runtime: RuntimeDep) -> GenerateRespon
     """Write one personalised tip with the LLM; falls back to a deterministic template
     (``fallback: true``) on any LLM problem — never a 5xx for that."""
     return await runtime.generate_service.generate(body)
+
+
+@router.get(
+    "/experiments/report",
+    response_model=ExperimentsReport,
+    responses={401: _ERRORS[401]},
+    dependencies=[Authorized],
+    tags=["experiments"],
+)
+async def experiments_report(runtime: RuntimeDep) -> ExperimentsReport:
+    """Reward per experiment variant and per prompt version, from the archived decision log
+    and feedback (what ``tipml experiments report --json`` prints)."""
+    return ExperimentsReport.model_validate(await asyncio.to_thread(runtime.experiments_report))
 
 
 @router.get("/healthz", tags=["ops"])

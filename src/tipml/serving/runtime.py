@@ -15,11 +15,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from tipml.domain.rewards import RewardTable
 from tipml.domain.tips import TipStatsView
-from tipml.errors import TipmlError
+from tipml.errors import ConfigError, TipmlError
 from tipml.events.runtime import ALL_CONSUMERS, EventsRuntime
-from tipml.experiments.config import load_experiments
-from tipml.experiments.policies import Greedy
+from tipml.experiments.config import ExperimentsConfig, load_experiments
+from tipml.experiments.learner import learner_factory
+from tipml.experiments.live import PolicyView, router_for
+from tipml.experiments.policies import Greedy, RankingPolicy, parse_score_policy
 from tipml.features.store import OnlineFeatureStore
 from tipml.serving.gateway import LOCAL_LLM_VAR, LiteLLMGateway, LLMGateway, load_gateway_config
 from tipml.serving.local_llm import LocalLLM, assemble_default_model
@@ -74,6 +79,8 @@ class Runtime:
     online: OnlineStoreHolder
     gateway_state: GatewayState = field(default_factory=GatewayState)
     tip_stats: TipStatsView = field(default_factory=TipStatsView)
+    policy_view: PolicyView = field(default_factory=PolicyView)
+    experiments: ExperimentsConfig | None = None
     _task: asyncio.Task[None] | None = None
     _feast_task: asyncio.Task[None] | None = None
     _llm_task: asyncio.Task[None] | None = None
@@ -81,7 +88,37 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, *, scorer: Scorer | None = None) -> Runtime:
         settings.check_serving()
-        resolve_version(None, settings.default_prompt_version)  # refuse an unknown default
+        # Fail fast on a config that cannot work, before anything starts.
+        load_gateway_config(settings.gateway_config)
+        experiments = load_experiments(settings.experiments_config, known_versions())
+        policy_view = PolicyView()
+        rng = np.random.default_rng()  # this process's own: replicas never explore in step
+        prompt_router = router_for(
+            "DEFAULT_PROMPT_VERSION",
+            settings.default_prompt_version,
+            "prompt_version",
+            experiments,
+            policy_view,
+            rng,
+        )
+        if prompt_router is None:
+            resolve_version(None, settings.default_prompt_version)  # refuse an unknown default
+        score_router = router_for(
+            "TIPML_SCORE_POLICY",
+            settings.score_policy,
+            "score_policy",
+            experiments,
+            policy_view,
+            rng,
+        )
+        score_policy: RankingPolicy = Greedy()
+        if score_router is None:
+            try:
+                score_policy = parse_score_policy(settings.score_policy)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"TIPML_SCORE_POLICY: {exc.detail}, or experiment:<name>"
+                ) from None
         metrics = Metrics()
         chosen = scorer or build_scorer(settings)
         state = GatewayState()
@@ -92,29 +129,50 @@ class Runtime:
             consumers=ALL_CONSUMERS if settings.consumers == "inprocess" else (),
             decisions=True,
             tip_view=tip_stats,
+            policy_view=policy_view,
+            factories={"learner": _learner(settings, experiments)},
             name="tipml-serve",
         )
         assert events.decisions is not None
         online = OnlineStoreHolder(events)
-        runtime = cls(
+        return cls(
             settings=settings,
             metrics=metrics,
             scorer=chosen,
             score_service=ScoreService(
-                settings, chosen, Greedy(), tip_stats, metrics, events.decisions
+                settings,
+                chosen,
+                score_policy,
+                tip_stats,
+                metrics,
+                events.decisions,
+                router=score_router,
+                rng=rng,
             ),
             generate_service=GenerateService(
-                settings, lambda: state.gateway, metrics, events.decisions, online
+                settings,
+                lambda: state.gateway,
+                metrics,
+                events.decisions,
+                online,
+                router=prompt_router,
             ),
             events=events,
             online=online,
             gateway_state=state,
             tip_stats=tip_stats,
+            policy_view=policy_view,
+            experiments=experiments,
         )
-        # Fail fast on a config that cannot work, before anything starts.
-        load_gateway_config(settings.gateway_config)
-        load_experiments(settings.experiments_config, known_versions())
-        return runtime
+
+    def experiments_report(self) -> dict[str, Any]:
+        """The reward report over the archive (blocking: DuckDB reads the Parquet files)."""
+        from tipml.experiments.logs import exposures
+        from tipml.experiments.report import build_report
+
+        assert self.experiments is not None
+        items = exposures(self.settings.data_dir / "offline", RewardTable(self.settings.rewards))
+        return build_report(items, self.experiments)
 
     async def start(self) -> None:
         await self.events.start()
@@ -231,6 +289,15 @@ class Runtime:
         if self.gateway_state.local_llm is not None:
             await asyncio.to_thread(self.gateway_state.local_llm.stop)
         await self.events.stop()
+
+
+def _learner(settings: Settings, experiments: ExperimentsConfig) -> Any:
+    return learner_factory(
+        experiments,
+        RewardTable(settings.rewards),
+        horizon_s=settings.dedupe_horizon_s,
+        grace_s=settings.learner_grace_s,
+    )
 
 
 def _freeze_heap() -> None:

@@ -163,8 +163,15 @@ class ScoredTip(BaseModel):
 class ScoreResponse(BaseModel):
     score_id: str
     model_version: str
-    policy: str
+    policy: str = Field(
+        ...,
+        description="The ranking policy used: greedy, epsilon_greedy:<ε>, softmax:<t>, thompson.",
+    )
     results: list[ScoredTip]
+    experiment: str | None = Field(
+        None, description="The experiment that chose the policy (TIPML_SCORE_POLICY), if any."
+    )
+    variant: str | None = Field(None, description="The experiment's variant (arm) for this call.")
 
 
 def _enum(values: list[str]) -> Any:
@@ -262,6 +269,58 @@ class GenerateResponse(BaseModel):
     )
     usage: Usage
     latency_ms: float
+    experiment: str | None = Field(
+        None,
+        description="The experiment that chose prompt_version (DEFAULT_PROMPT_VERSION="
+        "experiment:<name>), null when the body or the default chose.",
+    )
+    variant: str | None = Field(None, description="The experiment's variant (arm) for this call.")
+    propensity: float | None = Field(
+        None,
+        description="Probability of this variant: its traffic weight (A/B test) or the "
+        "bandit's probability of playing this arm now; null when no experiment chose.",
+    )
+
+
+class Interval(BaseModel):
+    mean: float
+    ci: list[float] = Field(..., min_length=2, max_length=2, description="[low, high], 95 %.")
+
+
+class VariantReport(BaseModel):
+    name: str
+    exposures: int = Field(..., description="Decisions logged, each once.")
+    units: int = Field(..., description="Distinct users among them.")
+    reactions: dict[str, int] = Field(..., description="Reaction events by type, each once.")
+    reward: Interval = Field(..., description="Mean reward per exposure, Bayesian interval.")
+    diff_vs_control: Interval | None = Field(
+        None, description="Difference of the means against the control, normal interval."
+    )
+
+
+class SampleRatio(BaseModel):
+    chi2: float
+    p_value: float
+    mismatch: bool = Field(..., description="p < 0.001: the split itself is broken.")
+
+
+class ExperimentReport(BaseModel):
+    target: str
+    kind: str
+    control: str | None
+    exposures: int
+    variants: list[VariantReport]
+    srm: SampleRatio | None = Field(None, description="A/B tests: units per variant vs weights.")
+    policy: str | None = Field(None, description="Bandits: the policy.")
+
+
+class ExperimentsReport(BaseModel):
+    decisions: int
+    reactions: int
+    experiments: dict[str, ExperimentReport]
+    prompt_versions: list[VariantReport] = Field(
+        ..., description="Every /generate decision by prompt version (control: v1)."
+    )
 
 
 class ErrorBody(BaseModel):

@@ -18,13 +18,16 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import numpy as np
+
 from tipml.domain.tips import TipStatsView
 from tipml.errors import GatewayError, InvalidRequest
-from tipml.experiments.policies import Policy
+from tipml.experiments.live import NO_EXPERIMENT, ExperimentRouter
+from tipml.experiments.policies import RankingPolicy, Uncertainty, parse_score_policy
 from tipml.features.context import build_context, local_time
 from tipml.features.profile_schema import ValidatedProfile, shown, validate_profile
 from tipml.features.store import OnlineFeatureStore
-from tipml.features.tip_features import Candidate, feature_matrix
+from tipml.features.tip_features import COLUMN, Candidate, feature_matrix
 from tipml.serving import guard
 from tipml.serving.gateway import LLMGateway
 from tipml.serving.metrics import Metrics
@@ -110,22 +113,37 @@ def _profile(
 
 
 class ScoreService:
+    """``policy``: the ranking policy, or — with ``router`` — the one for units no experiment
+    takes (holdout, outside every experiment: greedy)."""
+
     def __init__(
         self,
         settings: Settings,
         scorer: Scorer,
-        policy: Policy,
+        policy: RankingPolicy,
         tip_stats: TipStatsView,
         metrics: Metrics,
         decisions: DecisionSink,
+        *,
+        router: ExperimentRouter | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
         self.settings = settings
         self.scorer = scorer
         self.policy = policy
+        self.router = router
+        self.rng = rng if rng is not None else np.random.default_rng()
         self.tip_stats = tip_stats
         self.metrics = metrics
         self.decisions = decisions
         self._unknown = UnknownFeatureCounter(metrics)
+        self._policies: dict[str, RankingPolicy] = {}
+
+    def _policy_named(self, spec: str) -> RankingPolicy:
+        policy = self._policies.get(spec)
+        if policy is None:
+            policy = self._policies[spec] = parse_score_policy(spec)  # checked at start-up
+        return policy
 
     def _candidates(self, req: ScoreRequest) -> list[Candidate]:
         if not req.candidates:
@@ -156,7 +174,13 @@ class ScoreService:
         hour = local_time(ts, profile).hour
         x = feature_matrix(candidates, profile, hour, self.tip_stats.snapshot())
         scores = self.scorer.score(x)
-        ranking = self.policy.rank(scores)
+        decision = self.router.decide(req.user_id) if self.router else NO_EXPERIMENT
+        policy = self.policy if decision.value is None else self._policy_named(decision.value)
+        uncertainty = Uncertainty(
+            rate=x[:, COLUMN["tip_reward_rate"]],
+            impressions=np.expm1(x[:, COLUMN["tip_log_impressions"]]),
+        )
+        ranking = policy.rank(scores, self.rng, uncertainty)
         k = min(req.k or len(candidates), len(candidates))
         # Values are already validated: build the response models without re-validating.
         score_list: list[float] = scores.tolist()
@@ -174,8 +198,10 @@ class ScoreService:
         response = ScoreResponse(
             score_id=str(uuid.uuid4()),
             model_version=self.scorer.version,
-            policy=self.policy.name,
+            policy=policy.name,
             results=results,
+            experiment=decision.experiment,
+            variant=decision.variant,
         )
         rank_of = {i: r + 1 for r, i in enumerate(ranking.order.tolist())}
         self.decisions.record(
@@ -190,6 +216,7 @@ class ScoreService:
                 "platform": req.context.platform if req.context else None,
                 "model_version": response.model_version,
                 "policy": response.policy,
+                **decision.log_fields(),
                 "k": k,
                 "local_hour": hour,
                 "profile_features": dict(profile.values),
@@ -219,8 +246,13 @@ class GenerateService:
         metrics: Metrics,
         decisions: DecisionSink,
         online: OnlineFeatureStore,
+        *,
+        router: ExperimentRouter | None = None,
     ) -> None:
         self.settings = settings
+        self.router = router
+        # with an experiment configured, units it does not take get the built-in default
+        self.default_version = "v1" if router else settings.default_prompt_version
         self._gateway = gateway
         self.metrics = metrics
         self.decisions = decisions
@@ -229,7 +261,10 @@ class GenerateService:
 
     async def generate(self, req: GenerateRequest) -> GenerateResponse:
         started = time.perf_counter()
-        version = resolve_version(req.prompt_version, self.settings.default_prompt_version)
+        decision = NO_EXPERIMENT
+        if req.prompt_version is None and self.router is not None:
+            decision = self.router.decide(req.user_id)
+        version = resolve_version(req.prompt_version or decision.value, self.default_version)
         ceiling = self.settings.generate_max_chars
         max_chars = req.max_chars or ceiling
         if max_chars > ceiling:
@@ -318,6 +353,9 @@ class GenerateService:
             fallback_reason=reason,
             usage=usage,
             latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            experiment=decision.experiment,
+            variant=decision.variant,
+            propensity=decision.propensity,
         )
         self.decisions.record(
             "generate",
@@ -330,6 +368,7 @@ class GenerateService:
                 "topic": ctx.topic,
                 "prompt_version": version.key,
                 "prompt_hash": version.content_hash,
+                **decision.log_fields(),
                 "model": model,
                 "fallback": response.fallback,
                 "fallback_reason": reason,

@@ -29,7 +29,14 @@ from tipml.sim.driver import Driver, DriveReport
 
 
 async def drive(
-    base_url: str, token: str, users: int, duration: float, concurrency: int, data_dir: Path
+    base_url: str,
+    token: str,
+    users: int,
+    duration: float,
+    concurrency: int,
+    data_dir: Path,
+    *,
+    generate_every: int = 2,
 ) -> tuple[DriveReport, dict[str, Any]]:
     """Run the simulator against the service and its event bus; then read the learning
     loop's state back from the bus (what the consumers made of the events)."""
@@ -42,11 +49,28 @@ async def drive(
     async def publish(subject: str, payload: dict[str, object], msg_id: str) -> None:
         await bus.js.publish(subject, orjson.dumps(payload), headers={"Nats-Msg-Id": msg_id})
 
-    driver = Driver(base_url, token, users=users, events=publish)
+    driver = Driver(base_url, token, users=users, events=publish, generate_every=generate_every)
     report = await driver.run(duration, concurrency=concurrency)
     loop = await loop_summary(bus, base_url, report.events_published)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        resp = await client.get("/experiments/report", headers={"Authorization": f"Bearer {token}"})
+        loop["experiments"] = resp.json() if resp.status_code == 200 else None
+    loop["bandit_shift"] = bandit_shift(report, "prompt-bandit")
     await bus.close()
     return report, loop
+
+
+def bandit_shift(report: DriveReport, experiment: str, parts: int = 3) -> list[dict[str, float]]:
+    """The bandit's traffic per arm in the first, middle and last third of its decisions:
+    share of plays by prompt version."""
+    plays = [version for name, version, _ in report.generated if name == experiment]
+    out = []
+    size = max(1, len(plays) // parts)
+    for k in range(parts):
+        chunk = plays[k * size : (k + 1) * size if k < parts - 1 else len(plays)]
+        total = len(chunk) or 1
+        out.append({v: chunk.count(v) / total for v in sorted(set(plays))} | {"n": len(chunk)})
+    return out
 
 
 async def loop_summary(bus: Any, base_url: str, published: int) -> dict[str, Any]:

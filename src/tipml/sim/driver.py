@@ -47,6 +47,8 @@ class DriveReport:
     reward_random: list[float] = field(default_factory=list)  # ... of a random candidate
     fallback_reasons: Counter[str] = field(default_factory=Counter)
     prompt_versions: Counter[str] = field(default_factory=Counter)
+    # every generation in order: (experiment, prompt version, reward of the reaction)
+    generated: list[tuple[str | None, str, float]] = field(default_factory=list)
     # (prompt version, topic, fallback?, text)
     samples: list[tuple[str, str, bool, str]] = field(default_factory=list)
     events_published: int = 0
@@ -83,6 +85,7 @@ class Driver:
         self.generate_every = generate_every
         self.rng = random.Random(seed)
         self.clock = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
+        self.seen: Counter[tuple[str, str]] = Counter()  # (user, tip) -> times shown
 
     def _tick(self) -> datetime:
         self.clock += timedelta(minutes=self.rng.randint(1, 15))
@@ -171,23 +174,29 @@ class Driver:
         results = scored["results"]
         assert isinstance(results, list)
         top = BY_ID[results[0]["tip_id"]]
-        report.reward_ranked.append(user.expected_reward(top.category, ts))
-        report.reward_random.append(user.expected_reward(self.rng.choice(shown).category, ts))
-        reaction = user.react(top.category, ts, self.rng)
+        seen = self.seen[(user.user_id, top.tip_id)]
+        self.seen[(user.user_id, top.tip_id)] += 1
+        fatigue = user.lift(seen=seen)
+        report.reward_ranked.append(user.expected_reward(top.category, ts, fatigue))
+        other = self.rng.choice(shown)
+        report.reward_random.append(
+            user.expected_reward(
+                other.category, ts, user.lift(seen=self.seen[(user.user_id, other.tip_id)])
+            )
+        )
+        reaction = user.react(top.category, ts, self.rng, fatigue)
         report.reactions[reaction] += 1
         await self._feedback(
             user.user_id, top.tip_id, str(scored["score_id"]), None, reaction, report
         )
         if n % self.generate_every == 0:
-            # A sticky 50/50 split of users between the two prompt versions.
-            version = "v1" if int(user.user_id.rsplit("-", 1)[1]) % 2 == 0 else "v2"
+            # No prompt_version: the service decides (DEFAULT_PROMPT_VERSION, experiments).
             gen = await self._timed(
                 client,
                 "/generate",
                 {
                     "user_id": user.user_id,
                     "topic": top.category,
-                    "prompt_version": version,
                     "profile_features": profile,
                     "context": {"ts": ts.isoformat()},
                     "max_chars": 160,
@@ -195,8 +204,18 @@ class Driver:
                 report,
             )
             if gen is not None:
-                report.prompt_versions[str(gen["prompt_version"])] += 1
-                gen_reaction = user.react(top.category, ts, self.rng)
+                version = str(gen["prompt_version"])
+                report.prompt_versions[version] += 1
+                lift = user.lift(prompt_version=version, fallback=bool(gen["fallback"]))
+                gen_reaction = user.react(top.category, ts, self.rng, lift)
+                experiment = gen.get("experiment")
+                report.generated.append(
+                    (
+                        str(experiment) if experiment else None,
+                        version,
+                        REACTION_REWARD[gen_reaction],
+                    )
+                )
                 await self._feedback(
                     user.user_id,
                     f"gen-{gen['generation_id']}",

@@ -3,6 +3,21 @@
 The simulator knows each user's true category affinity and active hours; the service only
 sees the noisy profile features the recommender would compute. Seeded: the same seed gives
 the same population and the same reactions.
+
+Hidden preferences the experiments have to find (documented so tests and the demo can check
+that they do):
+
+* **Prompt style** — every user belongs to a cohort whose chance of completing a generated
+  tip is multiplied by ``PROMPT_LIFT[cohort][version]``: ``doers`` (60 %) like v2's direct
+  coaching (x1.8) and are lukewarm to v3 (x0.9); ``reflectors`` (40 %) like v3's use of
+  their recent activity (x1.6) and v2 a little (x1.2). Over the population v2 is the best
+  prompt version (expected lift 1.56, vs 1.18 for v3 and 1.0 for v1): the A/B test should
+  find v2 > v1 and the bandit should move its traffic to v2. A fallback text (no model)
+  gets x0.6.
+* **Exploration** — users tire of seeing the same tip: each earlier showing of a tip to
+  the same user multiplies the chance of completing it by the user's ``fatigue``
+  (0.55 to 0.9). A ranking that always shows a user the same best tip loses reward that a
+  ranking which explores keeps (``Driver`` remembers what each user was shown).
 """
 
 from __future__ import annotations
@@ -34,6 +49,20 @@ REACTION_REWARD: dict[str, float] = {
 }
 
 
+COHORTS = ("doers", "reflectors")
+COHORT_SHARE = {"doers": 0.6, "reflectors": 0.4}
+PROMPT_LIFT: dict[str, dict[str, float]] = {
+    "doers": {"v1": 1.0, "v2": 1.8, "v3": 0.9},
+    "reflectors": {"v1": 1.0, "v2": 1.2, "v3": 1.6},
+}
+FALLBACK_LIFT = 0.6
+
+
+def population_lift(version: str) -> float:
+    """The expected completion lift of ``version`` over the population (the true answer)."""
+    return sum(COHORT_SHARE[c] * PROMPT_LIFT[c].get(version, 1.0) for c in COHORTS)
+
+
 @dataclass(frozen=True)
 class SimUser:
     user_id: str
@@ -42,6 +71,8 @@ class SimUser:
     diligence: float  # hidden: base probability of acting on a liked tip
     timezone: str
     days_since_signup: int
+    cohort: str = "doers"  # hidden: prompt-style preference (PROMPT_LIFT)
+    fatigue: float = 0.8  # hidden: reward multiplier per earlier showing of the same tip
 
     def profile_features(self, rng: random.Random) -> dict[str, object]:
         """What the recommender would send: noisy, partial views of the hidden traits."""
@@ -65,12 +96,24 @@ class SimUser:
     def local_hour(self, ts: datetime) -> int:
         return ts.astimezone(ZoneInfo(self.timezone)).hour
 
-    def reaction_probs(self, category: str, ts: datetime) -> dict[str, float]:
-        """The true probability of each reaction to a tip of ``category`` shown at ``ts``."""
+    def lift(
+        self, *, prompt_version: str | None = None, fallback: bool = False, seen: int = 0
+    ) -> float:
+        """The hidden multiplier on completing: prompt style, fallback text, fatigue."""
+        out = self.fatigue**seen
+        if prompt_version is not None:
+            out *= PROMPT_LIFT[self.cohort].get(prompt_version, 1.0)
+        if fallback:
+            out *= FALLBACK_LIFT
+        return out
+
+    def reaction_probs(self, category: str, ts: datetime, lift: float = 1.0) -> dict[str, float]:
+        """The true probability of each reaction to a tip of ``category`` shown at ``ts``
+        (``lift``: see ``lift()``)."""
         diff = abs(self.local_hour(ts) - self.active_hour) % 24
         hour_fit = math.exp(-(min(diff, 24 - diff) ** 2) / 18.0)
         like = min(1.0, self.affinity.get(category, 0.0) * len(CATEGORIES) * 0.5)
-        completed = self.diligence * like * (0.4 + 0.6 * hour_fit)
+        completed = min(0.95, self.diligence * like * (0.4 + 0.6 * hour_fit) * lift)
         rest = 1.0 - completed
         liked = rest * 0.1 * like
         snoozed = rest * 0.15
@@ -83,13 +126,13 @@ class SimUser:
             "dismissed": 1.0 - completed - liked - snoozed - reported,
         }
 
-    def expected_reward(self, category: str, ts: datetime) -> float:
-        probs = self.reaction_probs(category, ts)
+    def expected_reward(self, category: str, ts: datetime, lift: float = 1.0) -> float:
+        probs = self.reaction_probs(category, ts, lift)
         return sum(REACTION_REWARD[r] * p for r, p in probs.items())
 
-    def react(self, category: str, ts: datetime, rng: random.Random) -> str:
+    def react(self, category: str, ts: datetime, rng: random.Random, lift: float = 1.0) -> str:
         """Sample a reaction to a tip of ``category`` shown at ``ts``."""
-        probs = self.reaction_probs(category, ts)
+        probs = self.reaction_probs(category, ts, lift)
         u, acc = rng.random(), 0.0
         for reaction, p in probs.items():
             acc += p
@@ -112,6 +155,8 @@ def make_users(n: int, seed: int = 7) -> list[SimUser]:
                 diligence=rng.uniform(0.3, 0.9),
                 timezone=rng.choice(TIMEZONES),
                 days_since_signup=rng.randint(0, 400),
+                cohort="doers" if rng.random() < COHORT_SHARE["doers"] else "reflectors",
+                fatigue=rng.uniform(0.55, 0.9),
             )
         )
     return users
