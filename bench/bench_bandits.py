@@ -172,7 +172,7 @@ def plot_regret(curves: dict[str, list[float]], path: Path) -> None:
         ax.plot(curve, label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("cumulative regret vs the oracle")
-    ax.set_title("tipml bandit policies, 10 arms (linear ones: d = 20)")
+    ax.set_title("10 arms: Bernoulli (context-free), logistic in a d = 20 context (linear)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -23,7 +23,14 @@ pytestmark = pytest.mark.llm
 @pytest.fixture(scope="module")
 def llm_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     tmp = tmp_path_factory.mktemp("llm")
-    settings = make_settings(tmp, gateway_config=DEFAULT_GATEWAY_CONFIG, generate_deadline_s=20)
+    # the packaged experiments as the default (the demo's setting): the model warms up and
+    # serves with it (a regression: warm-up once resolved the setting as a version)
+    settings = make_settings(
+        tmp,
+        gateway_config=DEFAULT_GATEWAY_CONFIG,
+        generate_deadline_s=20,
+        default_prompt_version="experiment:prompt-version,prompt-bandit",
+    )
     with TestClient(create_app(settings)) as client:
         ready = wait_gateway(client, timeout_s=180)
         assert ready["ready"], ready
@@ -34,6 +41,23 @@ def test_readyz_reports_the_local_model(llm_client: TestClient) -> None:
     body = llm_client.get("/readyz").json()
     assert body["components"]["local_llm"]["ok"] is True
     assert "(completion) via local llama.cpp" in body["components"]["gateway"]["detail"]
+
+
+def test_the_experiments_choose_the_version_when_the_body_does_not(
+    llm_client: TestClient,
+) -> None:
+    seen = set()
+    for i in range(6):
+        data = llm_client.post(
+            "/generate", json={"user_id": f"u-exp-{i}", "topic": "sleep"}, headers=AUTH
+        ).json()
+        assert data["usage"]["completion_tokens"] > 0
+        if data["experiment"] is not None:  # else: the user is in the 5 % holdout (v1)
+            assert data["experiment"] in ("prompt-version", "prompt-bandit")
+            assert data["variant"] == data["prompt_version"]
+            assert 0 < data["propensity"] <= 1
+            seen.add(data["experiment"])
+    assert seen
 
 
 def test_generates_real_tips_with_the_local_model(llm_client: TestClient) -> None:

@@ -126,3 +126,24 @@ def test_epsilon_greedy_propensities_are_exact() -> None:
         policy.update(arm, reward)
     probs = policy.choose().probabilities
     assert probs == pytest.approx({"x": 0.2 / 3, "y": 1 - 0.2 + 0.2 / 3, "z": 0.2 / 3})
+
+
+@pytest.mark.parametrize("arms", [2, 5, 50])
+def test_thompson_keeps_its_draws_consistent_through_updates(arms: int) -> None:
+    """Thompson refreshes one column of its kept posterior draws per update and re-ranks only
+    the draws that need it; the bookkeeping must equal ranking every draw from scratch, and
+    the reported probabilities must be the share of draws each arm leads."""
+    names = [f"a{i}" for i in range(arms)]
+    policy = make_policy("thompson", names, seed=3)
+    rng = np.random.default_rng(1)
+    means = rng.random(arms)
+    for step in range(600):
+        choice = policy.choose()
+        policy.update(choice.arm, float(rng.random() < means[choice.index]))
+        if step % 37 == 0:
+            draws = policy._draws  # type: ignore[attr-defined]
+            best = draws.argmax(axis=1)
+            assert (best == policy._best).all()  # type: ignore[attr-defined]
+            assert np.allclose(np.partition(draws, -2, axis=1)[:, -2], policy._second)  # type: ignore[attr-defined]
+            shares = np.bincount(best, minlength=arms) / len(best)
+            assert np.allclose(policy.choose().probs, shares)

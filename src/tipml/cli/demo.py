@@ -50,10 +50,10 @@ def demo(
     port: Annotated[int, typer.Option(help="Port for the service.")] = 8000,
     keep_serving: Annotated[bool, typer.Option(help="Keep serving after the run.")] = False,
     users: Annotated[int, typer.Option(help="Simulated users.")] = 200,
-    concurrency: Annotated[int, typer.Option(help="Concurrent simulated clients.")] = 2,
+    concurrency: Annotated[int, typer.Option(help="Concurrent simulated clients.")] = 6,
     generate_every: Annotated[
         int, typer.Option(help="One /generate per this many /score steps.")
-    ] = 2,
+    ] = 1,
 ) -> None:
     """Start the whole system on embedded defaults and drive it with the simulator."""
     from tipml.sim.demo import drive

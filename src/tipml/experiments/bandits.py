@@ -14,7 +14,10 @@ whole configuration, so a policy is rebuilt exactly from what was stored.
   (burn-in: uniform over the arms not yet pulled — an exact propensity too);
 * ``thompson`` is Beta-Bernoulli (fractional rewards update the posterior as pseudo-counts);
   the probability of each arm being the argmax has no closed form and is estimated by Monte
-  Carlo with ``THOMPSON_SAMPLES`` (4,000) posterior draws: standard error ≤ 0.008;
+  Carlo from ``thompson_draws(n)`` posterior draws the policy keeps (4,000 up to 100 arms:
+  standard error ≤ 0.008; ≥ 1,000 beyond), refreshed incrementally: an update redraws one
+  arm's column. The arm played is the best of one kept draw, so the reported probability is
+  exactly the one it was played with;
 * ``linucb`` and ``lin_thompson`` take a context vector of dimension ``d`` and keep, per arm,
   the inverse design matrix updated by Sherman-Morrison (O(d²) per update, no re-inversion).
   ``lin_thompson``'s score of an arm given ``x`` is normal (mean x·θ̂, variance v²·xᵀA⁻¹x), so
@@ -38,12 +41,33 @@ from tipml.errors import ConfigError
 
 Vector = npt.NDArray[np.float64]
 THOMPSON_SAMPLES = 4000
+NORMAL_FROM = 100.0  # thompson: an arm with a + b ≥ this redraws from the normal approximation
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Choice:
+    """The arm to play, and every arm's probability of being chosen now (``probs``, in the
+    policy's arm order; ``probabilities`` as a dict, built on demand)."""
+
     arm: str
-    probabilities: dict[str, float]
+    index: int
+    arms: Sequence[str]
+    probs: Vector
+
+    @property
+    def propensity(self) -> float:
+        return float(self.probs[self.index])
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        return dict(zip(self.arms, self.probs.tolist(), strict=True))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Choice):
+            return NotImplemented
+        return (self.arm, self.probabilities) == (other.arm, other.probabilities)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _ties(scores: Vector) -> Vector:
@@ -95,7 +119,9 @@ class Policy(ABC):
         """The probability of choosing each arm now (sums to 1)."""
 
     def _draw(self, probs: Vector, context: Vector | None, rng: np.random.Generator) -> int:
-        return int(rng.choice(self.n, p=probs))
+        cumulative = probs.cumsum()
+        i = int(cumulative.searchsorted(rng.random() * cumulative[-1], side="right"))
+        return min(i, self.n - 1)
 
     def choose(
         self,
@@ -110,7 +136,7 @@ class Policy(ABC):
         gen = self.rng if rng is None else rng
         probs = self.probabilities(x, gen)
         i = self._draw(probs, x, gen)
-        return Choice(self.arms[i], {a: float(p) for a, p in zip(self.arms, probs, strict=True)})
+        return Choice(self.arms[i], i, self.arms, probs)
 
     def update(
         self, arm: str, reward: float, context: Sequence[float] | Vector | None = None
@@ -161,7 +187,7 @@ class Policy(ABC):
 
     def to_bytes(self) -> bytes:
         """Everything needed to rebuild this policy exactly, random state included."""
-        doc = {**self.to_state(), "rng": self.rng.bit_generator.state}
+        doc = {**self.to_state(), "rng": self.rng.bit_generator.state, "kept": self._kept()}
         return json.dumps(doc).encode()  # json, not orjson: the generator's ints are 128-bit
 
     @staticmethod
@@ -169,7 +195,15 @@ class Policy(ABC):
         doc = json.loads(data)
         policy = Policy.from_state(doc)
         policy.rng.bit_generator.state = doc["rng"]
+        policy._restore_kept(doc.get("kept"))
         return policy
+
+    def _kept(self) -> Any:
+        """Random draws a policy keeps between calls (part of its random state)."""
+        return None
+
+    def _restore_kept(self, kept: Any) -> None:
+        return None
 
 
 class _Counting(Policy):
@@ -252,7 +286,20 @@ class Softmax(_Counting):
 
 
 class Thompson(Policy):
-    """Beta-Bernoulli Thompson sampling with a Beta(α₀, β₀) prior."""
+    """Beta-Bernoulli Thompson sampling with a Beta(α₀, β₀) prior.
+
+    The probability of each arm being the argmax is estimated from ``thompson_draws(n)``
+    joint posterior draws that the policy keeps: an update redraws only the updated arm's
+    column (its posterior is the only one that changed); each draw's best and runner-up
+    values are kept, so only the few draws where the updated arm fell from first below the
+    runner-up (or from runner-up) are ranked again — O(draws) per update, not
+    O(draws x arms).
+    The arm played is the best arm of one of those draws, picked uniformly — so the
+    probability it was played with is exactly the estimate ``choose`` reports. An arm whose
+    posterior holds ≥ ``NORMAL_FROM`` (100) pseudo-observations is redrawn from the normal
+    with the Beta's mean and variance (the two differ by well under 1 % there; numpy's Beta
+    draws cost ~75 ns each, normal ones ~5).
+    """
 
     name = "thompson"
 
@@ -262,26 +309,76 @@ class Thompson(Policy):
         super().__init__(arms, seed=seed, alpha=alpha, beta=beta)
         self.a = np.full(self.n, float(alpha))
         self.b = np.full(self.n, float(beta))
-        self._cached: Vector | None = None  # the estimate for the current posterior
+        self._draws: Vector | None = None  # draws x arms, from the current posteriors
+        self._best = np.zeros(0, dtype=np.intp)  # per draw: the arm with the largest value
+        self._top = np.zeros(0)  # per draw: that largest value
+        self._second = np.zeros(0)  # per draw: the largest value of the other arms
+        self._counts = np.zeros(self.n)  # per arm: draws it leads
+
+    def _ensure(self, rng: np.random.Generator) -> Vector:
+        if self._draws is None:
+            self._draws = rng.beta(self.a, self.b, size=(thompson_draws(self.n), self.n))
+            self._best = np.zeros(self._draws.shape[0], dtype=np.intp)
+            self._top = np.zeros(self._draws.shape[0])
+            self._second = np.zeros(self._draws.shape[0])
+            self._rank_rows(np.arange(self._draws.shape[0]))
+        return self._draws
+
+    def _rank_rows(self, rows: npt.NDArray[np.intp]) -> None:
+        """Best arm, best and second-best value of these kept draws, from scratch."""
+        assert self._draws is not None
+        sub = self._draws[rows]
+        best = sub.argmax(axis=1)
+        self._best[rows] = best
+        self._top[rows] = sub[np.arange(len(rows)), best]
+        self._second[rows] = np.partition(sub, -2, axis=1)[:, -2] if self.n > 1 else -np.inf
+        self._counts = np.bincount(self._best, minlength=self.n).astype(np.float64)
 
     def probabilities(
         self, context: Vector | None = None, rng: np.random.Generator | None = None
     ) -> Vector:
-        """Estimated once per posterior: until the next update every choice reuses it (a
-        serving replica choosing many times from one stored state pays the draws once)."""
-        if self._cached is None:
-            gen = self.rng if rng is None else rng
-            draws = gen.beta(self.a, self.b, size=(THOMPSON_SAMPLES, self.n))
-            self._cached = _argmax_frequencies(draws)
-        return self._cached
+        draws = self._ensure(self.rng if rng is None else rng)
+        out: Vector = self._counts / draws.shape[0]
+        return out
 
     def _draw(self, probs: Vector, context: Vector | None, rng: np.random.Generator) -> int:
-        return int(np.argmax(rng.beta(self.a, self.b)))
+        return int(self._best[int(rng.integers(len(self._best)))])
 
     def _update(self, i: int, reward: float, context: Vector | None) -> None:
         self.a[i] += reward
         self.b[i] += 1.0 - reward
-        self._cached = None
+        draws = self._draws
+        if draws is None:
+            return
+        a, b, size = self.a[i], self.b[i], draws.shape[0]
+        if a + b >= NORMAL_FROM:  # Beta ≈ normal here, and normal draws are ~15x cheaper
+            mean, var = a / (a + b), a * b / ((a + b) ** 2 * (a + b + 1))
+            column = mean + np.sqrt(var) * self.rng.standard_normal(size)
+        else:
+            column = self.rng.beta(a, b, size=size)
+        old = draws[:, i].copy()
+        draws[:, i] = column
+        best, top, second = self._best, self._top, self._second
+        led = best == i
+        # rows arm i led: still leads unless its new draw fell below the runner-up
+        keeps = led & (column >= second)
+        top[keeps] = column[keeps]
+        # rows another arm led: arm i takes the lead, becomes the runner-up, or — if it was
+        # the runner-up and fell — the runner-up must be found again
+        other = ~led
+        leads = other & (column > top)
+        second[leads] = top[leads]
+        top[leads] = column[leads]
+        best[leads] = i
+        rest = other & ~leads
+        runner = rest & (column >= second)
+        second[runner] = column[runner]
+        fell = rest & ~runner & (old >= second)
+        redo = np.flatnonzero((led & ~keeps) | fell)
+        if redo.size:
+            self._rank_rows(redo)
+        else:
+            self._counts = np.bincount(best, minlength=self.n).astype(np.float64)
 
     def _state(self) -> dict[str, Any]:
         return {"a": self.a.tolist(), "b": self.b.tolist()}
@@ -289,7 +386,26 @@ class Thompson(Policy):
     def _restore(self, state: dict[str, Any]) -> None:
         self.a = np.asarray(state["a"], dtype=np.float64)
         self.b = np.asarray(state["b"], dtype=np.float64)
-        self._cached = None
+        self._draws = None
+
+    def _kept(self) -> Any:
+        return None if self._draws is None else self._draws.tolist()
+
+    def _restore_kept(self, kept: Any) -> None:
+        if kept is not None:
+            self._draws = np.asarray(kept, dtype=np.float64)
+            rows = self._draws.shape[0]
+            self._best = np.zeros(rows, dtype=np.intp)
+            self._top = np.zeros(rows)
+            self._second = np.zeros(rows)
+            self._rank_rows(np.arange(rows))
+
+
+def thompson_draws(n: int) -> int:
+    """Posterior draws kept by ``thompson`` for ``n`` arms: ``THOMPSON_SAMPLES`` (4,000) up to
+    100 arms, then fewer so that draws x arms stays ≤ 400,000 — at least 1,000 (standard
+    error of an estimated probability ≤ 0.016)."""
+    return int(min(THOMPSON_SAMPLES, max(1000, 400_000 // max(n, 1))))
 
 
 class _Linear(Policy):

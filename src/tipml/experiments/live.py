@@ -145,7 +145,7 @@ class ExperimentRouter:
                 choice.arm,
                 spec.name,
                 choice.arm,
-                choice.probabilities[choice.arm],
+                choice.propensity,
                 policy_key=spec.state_key,
             )
         return NO_EXPERIMENT

@@ -315,7 +315,9 @@ def _warm_prompts(settings: Settings) -> list[str]:
     from tipml.features.profile_schema import EMPTY_PROFILE
     from tipml.serving.prompts import VERSIONS
 
-    default = resolve_version(None, settings.default_prompt_version)
+    # with an experiment as the default, warm the built-in default first
+    default_key = "v1" if settings.default_prompt_version.startswith("experiment:") else None
+    default = resolve_version(default_key, settings.default_prompt_version)
     ctx = build_context(
         topic="sleep",
         profile=EMPTY_PROFILE,

@@ -36,7 +36,7 @@ async def drive(
     concurrency: int,
     data_dir: Path,
     *,
-    generate_every: int = 2,
+    generate_every: int = 1,
 ) -> tuple[DriveReport, dict[str, Any]]:
     """Run the simulator against the service and its event bus; then read the learning
     loop's state back from the bus (what the consumers made of the events)."""
