@@ -169,6 +169,10 @@ def test_estimators_agree_with_hand_computed_values() -> None:
     assert est["snips"].value == pytest.approx(float((w * r).sum() / w.sum()))
     with pytest.raises(OPEError, match="unknown estimator 'x'"):
         evaluate(data, pi, estimators=["x"])
+    with pytest.raises(OPEError, match="at least 1 resample"):
+        evaluate(data, pi, n_boot=0)
+    with pytest.raises(OPEError, match=r"confidence level must be in \(0, 1\)"):
+        evaluate(data, pi, level=1.5)
     with pytest.raises(OPEError, match="n-actions 1 is below the 2"):
         LoggedData.from_table(["a", "b"], [1.0, 0.0], [0.5, 0.5], n_actions=1)
     wider = LoggedData.from_table(["a", "b"], [1.0, 0.0], [0.5, 0.5], n_actions=4)

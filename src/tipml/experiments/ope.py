@@ -267,6 +267,8 @@ def evaluate(
         raise OPEError(f"unknown estimator {unknown[0]!r}; known: {', '.join(ESTIMATORS)}")
     if not 0 < level < 1:
         raise OPEError(f"the confidence level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise OPEError(f"--n-boot: at least 1 resample, got {n_boot}")
     n = data.n
     point = _estimates(data, pi, np.arange(n, dtype=np.int64)[None, :], estimators)
     rng = np.random.default_rng(seed)

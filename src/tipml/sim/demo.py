@@ -16,7 +16,6 @@ from tipml.domain.records import decode_state
 from tipml.domain.users import materialize
 from tipml.errors import TipmlError
 from tipml.events.bus import (
-    PROMPT_STATS_BUCKET,
     TIP_STATS_BUCKET,
     USER_FEATURES_BUCKET,
     connect,
@@ -106,7 +105,6 @@ async def loop_summary(bus: Any, base_url: str, published: int) -> dict[str, Any
     return {
         "published": published,
         "consumers": consumers,
-        "prompts": await values(PROMPT_STATS_BUCKET),
         "tips": await values(TIP_STATS_BUCKET),
         "users": len(users),
         "sample_user": sample_user,
