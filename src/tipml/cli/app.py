@@ -21,6 +21,8 @@ app = typer.Typer(
 prompts_app = typer.Typer(help="The prompt registry.", no_args_is_help=True)
 app.add_typer(prompts_app, name="prompts")
 dlq_app = typer.Typer(help="Dead letters of the JetStream consumers.", no_args_is_help=True)
+archive_app = typer.Typer(help="The Parquet archive (offline log).", no_args_is_help=True)
+app.add_typer(archive_app, name="archive")
 app.add_typer(dlq_app, name="dlq")
 features_app = typer.Typer(help="Online features.", no_args_is_help=True)
 app.add_typer(features_app, name="features")

@@ -1,4 +1,4 @@
-"""``tipml consume`` and ``tipml dlq list|replay``."""
+"""``tipml consume``, ``tipml dlq list|replay`` and ``tipml archive compact``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from tipml.cli.app import app, bus, console, dlq_app, fail, run, settings
+from tipml.cli.app import app, archive_app, bus, console, dlq_app, fail, run, settings
 from tipml.errors import TipmlError
 
 
@@ -111,3 +111,37 @@ def dlq_replay(
         await conn.close()
 
     run(main())
+
+
+@archive_app.command("compact")
+def archive_compact(
+    stream: Annotated[
+        str, typer.Option(help="Comma-separated: signals, feedback, decisions.")
+    ] = "signals,feedback,decisions",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Merge each day's small Parquet files into one, each stream sequence once (idempotent;
+    safe while the archiver runs)."""
+    import orjson
+
+    from tipml.events.archive import compact
+
+    names = [s.strip() for s in stream.split(",") if s.strip()]
+    unknown = sorted(set(names) - {"signals", "feedback", "decisions"})
+    if unknown:
+        fail(
+            TipmlError(
+                f"--stream: unknown {', '.join(unknown)}; known: signals, feedback, decisions"
+            )
+        )
+    done = compact(settings().data_dir / "offline", names)
+    rows = [vars(c) for c in done]
+    if as_json:
+        sys.stdout.write(orjson.dumps(rows).decode() + "\n")
+        return
+    if not rows:
+        console.print("nothing to compact")
+    for c in done:
+        console.print(
+            f"{c.partition}: {c.files_before} files → 1, {c.rows_before} rows → {c.rows_after}"
+        )
