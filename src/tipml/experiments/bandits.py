@@ -72,8 +72,8 @@ class Choice:
 
 def _ties(scores: Vector) -> Vector:
     """Probability 1 on the best score, shared equally among ties."""
-    best = (scores >= scores.max() - 1e-12).astype(np.float64)
-    out: Vector = best / best.sum()
+    best = scores >= scores.max() - 1e-12
+    out: Vector = best / np.count_nonzero(best)
     return out
 
 
@@ -213,13 +213,14 @@ class _Counting(Policy):
         super().__init__(arms, seed=seed, **params)
         self.counts = np.zeros(self.n)
         self.sums = np.zeros(self.n)
+        self._unpulled = self.n  # arms never pulled (burn-in until 0)
 
     def probabilities(
         self, context: Vector | None = None, rng: np.random.Generator | None = None
     ) -> Vector:
-        unpulled = (self.counts == 0).astype(np.float64)
-        if unpulled.any():
-            out: Vector = unpulled / unpulled.sum()
+        if self._unpulled:
+            unpulled = self.counts == 0
+            out: Vector = unpulled / np.count_nonzero(unpulled)
             return out
         return self._after_burn_in(self.sums / self.counts)
 
@@ -227,6 +228,8 @@ class _Counting(Policy):
     def _after_burn_in(self, means: Vector) -> Vector: ...
 
     def _update(self, i: int, reward: float, context: Vector | None) -> None:
+        if self.counts[i] == 0:
+            self._unpulled -= 1
         self.counts[i] += 1
         self.sums[i] += reward
 
@@ -236,6 +239,7 @@ class _Counting(Policy):
     def _restore(self, state: dict[str, Any]) -> None:
         self.counts = np.asarray(state["counts"], dtype=np.float64)
         self.sums = np.asarray(state["sums"], dtype=np.float64)
+        self._unpulled = int(np.count_nonzero(self.counts == 0))
 
 
 class EpsilonGreedy(_Counting):
