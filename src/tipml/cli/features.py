@@ -1,9 +1,12 @@
-"""``tipml features apply|materialize|get``."""
+"""``tipml features apply|materialize|get|skew``."""
 
 from __future__ import annotations
 
 import sys
 import time
+from typing import Annotated
+
+import typer
 
 from tipml.cli.app import bus, console, features_app, run, settings
 from tipml.errors import TipmlError
@@ -61,3 +64,30 @@ def features_get(user_id: str) -> None:
         await conn.close()
 
     run(main())
+
+
+@features_app.command("skew")
+def features_skew(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The skew check: rebuild each logged /score decision's feature matrix from the decision
+    log and compare it with the hash serving logged (0 mismatches expected)."""
+    import orjson
+
+    from tipml.domain.rewards import RewardTable
+    from tipml.experiments.logs import exposures
+    from tipml.pipelines.skew import skew_report
+
+    config = settings()
+    items = exposures(config.data_dir / "offline", RewardTable(config.rewards), kind="score")
+    report = skew_report(e.payload for e in items)
+    if as_json:
+        sys.stdout.write(orjson.dumps(report.as_dict()).decode() + "\n")
+    else:
+        console.print(
+            f"{report.checked} of {report.decisions} /score decisions checked: "
+            f"{report.mismatches} mismatches ({report.rate:.2%})"
+            + (f"; e.g. {', '.join(report.examples[:3])}" if report.examples else "")
+        )
+    if report.mismatches:
+        raise typer.Exit(1)

@@ -8,6 +8,7 @@ feature means the same thing at train and serve time. Missing values are ``NaN``
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -36,19 +37,59 @@ _PROFILE_NUMERIC = (
     "avg_session_minutes",
 )
 
-FEATURE_NAMES: tuple[str, ...] = (
-    "tip_reward_rate",
-    "tip_log_impressions",
-    "hour_match",
-    "category_match",
-    "is_generated",
-    "n_tags",
-    "local_hour",
-    "notifications_enabled",
-    *(f"profile_{n}" for n in _PROFILE_NUMERIC),
-    *(f"category_is_{c}" for c in CATEGORIES),
+
+@dataclass(frozen=True)
+class ColumnDef:
+    """One column of the model matrix: what a model sees, where it comes from."""
+
+    name: str
+    source: str  # the definition it is computed from (a feature, a profile field, the request)
+    description: str
+    dtype: str = "float64"  # NaN when missing
+
+
+MODEL_COLUMNS: tuple[ColumnDef, ...] = (
+    ColumnDef(
+        "tip_reward_rate",
+        "tip_stats: domain.tips.smoothed_rate",
+        "the tip's reward per impression over all users, shrunk toward the prior",
+    ),
+    ColumnDef("tip_log_impressions", "tip_stats: impressions", "log(1 + impressions)"),
+    ColumnDef(
+        "hour_match",
+        "request context.ts + profile preferred_hour",
+        "1 at the preferred local hour, 0 twelve hours away, 0.5 if unknown",
+    ),
+    ColumnDef(
+        "category_match",
+        "candidate category + profile favorite_category",
+        "1 if the tip's category is the favorite, 0 if another, missing if unknown",
+    ),
+    ColumnDef("is_generated", "candidate source", "1 for an LLM-generated tip"),
+    ColumnDef("n_tags", "candidate tags", "number of tags"),
+    ColumnDef("local_hour", "request context.ts + profile timezone", "hour in the user's zone"),
+    ColumnDef("notifications_enabled", "profile notifications_enabled", "1/0, missing if unset"),
+    *(
+        ColumnDef(f"profile_{n}", f"profile {n}", f"the profile feature {n}")
+        for n in _PROFILE_NUMERIC
+    ),
+    *(
+        ColumnDef(f"category_is_{c}", "candidate category", f"1 if the category is {c}")
+        for c in CATEGORIES
+    ),
 )
+FEATURE_NAMES: tuple[str, ...] = tuple(c.name for c in MODEL_COLUMNS)
 COLUMN: Mapping[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+def feature_hash(x: npt.NDArray[np.float64]) -> str:
+    """A short, stable hash of a feature matrix (rows = candidates in request order, columns
+    = ``FEATURE_NAMES``): serving logs it with each decision, the training-set builder
+    rebuilds the matrix from the log and compares (the skew check). NaN is one value."""
+    canonical = np.where(np.isnan(x), np.nan, x).astype("<f8", copy=False)
+    digest = hashlib.blake2b(np.ascontiguousarray(canonical).tobytes(), digest_size=8)
+    digest.update(str(x.shape).encode())
+    return digest.hexdigest()
 
 
 def hour_match(local_hour: int, preferred_hour: float | None) -> float:

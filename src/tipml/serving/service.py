@@ -20,14 +20,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tipml.domain.tips import TipStatsView
+from tipml.domain.tips import NO_STATS, TipStatsView
 from tipml.errors import GatewayError, InvalidRequest
 from tipml.experiments.live import NO_EXPERIMENT, ExperimentRouter
 from tipml.experiments.policies import RankingPolicy, Uncertainty, parse_score_policy
 from tipml.features.context import build_context, local_time
 from tipml.features.profile_schema import ValidatedProfile, shown, validate_profile
 from tipml.features.store import OnlineFeatureStore
-from tipml.features.tip_features import COLUMN, Candidate, feature_matrix
+from tipml.features.tip_features import COLUMN, Candidate, feature_hash, feature_matrix
 from tipml.serving import guard
 from tipml.serving.gateway import LLMGateway
 from tipml.serving.metrics import Metrics
@@ -172,7 +172,8 @@ class ScoreService:
         profile = _profile(req.profile_features, self._unknown, "/score")
         ts = req.context.ts if req.context else None
         hour = local_time(ts, profile).hour
-        x = feature_matrix(candidates, profile, hour, self.tip_stats.snapshot())
+        snapshot = self.tip_stats.snapshot()
+        x = feature_matrix(candidates, profile, hour, snapshot)
         scores = self.scorer.score(x)
         decision = self.router.decide(req.user_id) if self.router else NO_EXPERIMENT
         policy = self.policy if decision.value is None else self._policy_named(decision.value)
@@ -221,12 +222,19 @@ class ScoreService:
                 "local_hour": hour,
                 "profile_features": dict(profile.values),
                 "unknown_features": list(profile.unknown),
+                # what the matrix was built from is logged below; its hash lets the
+                # training-set builder prove it rebuilds the same matrix (the skew check)
+                "feature_hash": feature_hash(x),
                 # every candidate, not only the top k: off-policy evaluation needs them all
                 "candidates": [
                     {
                         "tip_id": c.tip_id,
                         "category": c.category,
                         "source": c.source,
+                        "tags": list(c.tags),
+                        # the tip aggregates as serving saw them (point in time)
+                        "tip_impressions": snapshot.get(c.tip_id, NO_STATS).impressions,
+                        "tip_reward_sum": snapshot.get(c.tip_id, NO_STATS).reward_sum,
                         "score": score_list[i],
                         "propensity": propensities[i],
                         "rank": rank_of[i],
