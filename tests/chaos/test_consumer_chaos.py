@@ -20,6 +20,7 @@ from pathlib import Path
 
 import orjson
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
 from tests.events.helpers import consumer_process, events_settings, user_total
 from tipml.events.bus import DLQ, EmbeddedNats, connect, provision
@@ -113,7 +114,11 @@ async def run_chaos(tmp_path: Path) -> tuple[Counter[str], dict[str, int], int, 
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            info = await js.consumer_info("SIGNALS", "signals-features")
+            try:
+                info = await js.consumer_info("SIGNALS", "signals-features")
+            except NotFoundError:  # the final consumer is still starting
+                await asyncio.sleep(0.5)
+                continue
             if info.num_pending == 0 and info.num_ack_pending == 0:
                 counts = {u: await user_total(js, u) for u in truth}
                 if counts == dict(truth):

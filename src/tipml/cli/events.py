@@ -45,16 +45,23 @@ def consume(
                 f"known: {', '.join(ALL_CONSUMERS)}"
             )
         )
-    try:
-        experiments = load_experiments(config.experiments_config, known_versions())
-    except TipmlError as exc:
-        fail(exc)
-    learner = learner_factory(
-        experiments,
-        RewardTable(config.rewards),
-        horizon_s=config.dedupe_horizon_s,
-        grace_s=config.learner_grace_s,
-    )
+    factories = {}
+    if "learner" in names:  # loading the experiments costs ~0.7 s of imports: only if needed
+        from tipml.domain.rewards import RewardTable
+        from tipml.experiments.config import load_experiments
+        from tipml.experiments.learner import learner_factory
+        from tipml.serving.prompts import known_versions
+
+        try:
+            experiments = load_experiments(config.experiments_config, known_versions())
+        except TipmlError as exc:
+            fail(exc)
+        factories["learner"] = learner_factory(
+            experiments,
+            RewardTable(config.rewards),
+            horizon_s=config.dedupe_horizon_s,
+            grace_s=config.learner_grace_s,
+        )
     registry = CollectorRegistry()
     if metrics_port:
         start_http_server(metrics_port, registry=registry)
@@ -64,7 +71,7 @@ def consume(
             config,
             registry,
             consumers=names,
-            factories={"learner": learner},
+            factories=factories,
             name="tipml-consume",
         )
         await events.start(wait=True)
