@@ -52,7 +52,20 @@ def test_prompts_list_shows_versions_and_hashes(tmp_path: Path) -> None:
 def test_demo_starts_the_service_and_drives_it(tmp_path: Path, gateway_file: GatewayFile) -> None:
     env = clean_env(tmp_path)
     env["TIPML_GATEWAY_CONFIG"] = str(gateway_file("ok"))
-    result = run(["demo", "--duration", "3", "--port", str(free_port()), "--users", "20"], env)
+    result = run(
+        [
+            "demo",
+            "--duration",
+            "3",
+            "--min-generations",
+            "0",
+            "--port",
+            str(free_port()),
+            "--users",
+            "20",
+        ],
+        env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     score_row = re.search(r"/score\s*│\s*(\d+)\s*│\s*(\d+)", out)

@@ -54,6 +54,12 @@ def demo(
     generate_every: Annotated[
         int, typer.Option(help="One /generate per this many /score steps.")
     ] = 1,
+    min_generations: Annotated[
+        int,
+        typer.Option(
+            help="Keep driving past --duration (up to 4x) until this many tips were generated."
+        ),
+    ] = 800,
 ) -> None:
     """Start the whole system on embedded defaults and drive it with the simulator."""
     from tipml.sim.demo import drive
@@ -78,7 +84,10 @@ def demo(
         )
     try:
         _wait_ready(base_url, proc, timeout_s=180)
-        console.print(f"ready; driving {users} simulated users for {duration:g} s")
+        console.print(
+            f"ready; driving {users} simulated users for {duration:g} s "
+            f"(longer, up to {4 * duration:g} s, until {min_generations} tips were generated)"
+        )
         with console.status("simulating: signals → score → generate → reactions → feedback"):
             report, loop = asyncio.run(
                 drive(
@@ -89,6 +98,7 @@ def demo(
                     concurrency,
                     data_dir,
                     generate_every=generate_every,
+                    min_generations=min_generations,
                 )
             )
         _print_report(report, percentile)

@@ -36,6 +36,7 @@ async def drive(
     data_dir: Path,
     *,
     generate_every: int = 1,
+    min_generations: int = 0,
 ) -> tuple[DriveReport, dict[str, Any]]:
     """Run the simulator against the service and its event bus; then read the learning
     loop's state back from the bus (what the consumers made of the events)."""
@@ -49,7 +50,7 @@ async def drive(
         await bus.js.publish(subject, orjson.dumps(payload), headers={"Nats-Msg-Id": msg_id})
 
     driver = Driver(base_url, token, users=users, events=publish, generate_every=generate_every)
-    report = await driver.run(duration, concurrency=concurrency)
+    report = await driver.run(duration, concurrency=concurrency, min_generations=min_generations)
     loop = await loop_summary(bus, base_url, report.events_published)
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         resp = await client.get("/experiments/report", headers={"Authorization": f"Bearer {token}"})

@@ -236,15 +236,27 @@ class Driver:
                         )
                     )
 
-    async def run(self, duration_s: float, concurrency: int = 4) -> DriveReport:
+    async def run(
+        self, duration_s: float, concurrency: int = 4, *, min_generations: int = 0
+    ) -> DriveReport:
+        """Drive for ``duration_s``, and on past it (up to 4x as long) until
+        ``min_generations`` tips were generated: on a slow machine the experiments still get
+        enough decisions to learn from."""
         report = DriveReport()
         started = time.perf_counter()
         counter = iter(range(10**9))
         limits = httpx.Limits(max_connections=concurrency)
+
+        def going() -> bool:
+            elapsed = time.perf_counter() - started
+            if elapsed < duration_s:
+                return True
+            return report.generations < min_generations and elapsed < 4 * duration_s
+
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30, limits=limits) as client:
 
             async def worker() -> None:
-                while time.perf_counter() - started < duration_s:
+                while going():
                     await self.step(client, next(counter), report)
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
