@@ -8,6 +8,10 @@ It checks provenance as well as format: a text that reproduces a run of
 ``INPUT_RUN_WORDS`` words from anything a user controls (signal titles in the prompt's
 activity block, the topic) is refused — that is how an injected instruction comes back out —
 and so is a near-copy of a few-shot example (``EXAMPLE_SIMILARITY``), not only an exact one.
+One word is enough when it is shouted: an injection's payload is typically a capitalised
+marker ("say PWNED"), so a word written in capitals in user-controlled text may not appear in
+the output in any case, and a tip never shouts (an all-caps word of ``SHOUT_LETTERS`` letters
+or more that the trusted prompt does not contain is refused as ``shouting``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ _MARKDOWN = re.compile(
 )
 _SENTENCE_END = re.compile(r"[.!?](?:\s+|$)")
 _LABEL = re.compile(r"^(?:tip|note|answer)\s*:\s*", re.IGNORECASE)
+SHOUT_LETTERS = 4  # "TV", "REM" and "OK" are fine; "PWNED" is not
+_SHOUTED = re.compile(rf"(?<![A-Za-z])[A-Z]{{{SHOUT_LETTERS},}}(?![A-Za-z])")
 _QUOTES = "\"'\u201c\u201d\u2018\u2019\u00ab\u00bb"
 
 
@@ -109,6 +115,12 @@ def check(
         return reject("multiple_sentences")
     if any(echoes(text, source, INPUT_RUN_WORDS) for source in user_texts):
         return reject("reproduces_input")
+    shouted_input = {w.lower() for source in user_texts for w in _SHOUTED.findall(source)}
+    if shouted_input & set(_words(text)):
+        return reject("reproduces_input")
+    trusted = set(_words(system_text)).union(*(_words(ex) for ex in examples))
+    if any(w.lower() not in trusted for w in _SHOUTED.findall(text)):
+        return reject("shouting")
     if any(similarity(text, normalise(ex)) >= EXAMPLE_SIMILARITY for ex in examples):
         return reject("copied_example")
     if not re.search(r"[A-Za-z]", text[0]) and not text[0].isdigit():
