@@ -188,7 +188,10 @@ def test_the_bandit_learns_each_decision_once_and_serving_follows(
 
         # serving's view follows the bucket, and the bandit now prefers v2
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and key not in runtime.policy_view.snapshot():
+        # (the watch delivers the bucket's revisions in order; wait for the last one)
+        while time.monotonic() < deadline and (
+            runtime.policy_view.snapshot().get(key, {}).get("state", {}).get("a") != a
+        ):
             time.sleep(0.1)
         assert runtime.policy_view.snapshot()[key]["state"]["a"] == a
         later = [
