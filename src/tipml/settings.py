@@ -39,7 +39,26 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Request body size limit.")
 
-    scorer: Literal["baseline", "lightgbm"] = "baseline"
+    scorer: Literal["baseline", "lightgbm", "registry"] = Field(
+        "baseline",
+        description="baseline (no model), lightgbm (TIPML_MODEL_PATH) or registry (the "
+        "registry's champion, hot-swapped when the alias moves; the baseline until one exists).",
+    )
+    mlflow_uri: str | None = Field(
+        None,
+        description="MLflow tracking server or database (postgresql://…); default "
+        "sqlite:///<data_dir>/mlflow.db with artifacts under <data_dir>/mlflow-artifacts.",
+    )
+    registry_require_model: bool = Field(
+        False, description="scorer=registry: refuse to start without a loadable champion."
+    )
+    registry_poll_s: float = Field(
+        5.0, gt=0, le=300, description="How often serving checks the registry's aliases."
+    )
+    shadow: bool = Field(True, description="Score with the registry's shadow model as well.")
+    dask_scheduler: str | None = Field(
+        None, description="Train through lightgbm.dask on this Dask scheduler (tcp://…)."
+    )
     model_path: Path | None = Field(None, description="LightGBM text model (scorer=lightgbm).")
     model_version: str | None = Field(None, description="Overrides the reported model_version.")
 

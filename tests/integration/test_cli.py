@@ -63,6 +63,7 @@ def test_demo_starts_the_service_and_drives_it(tmp_path: Path, gateway_file: Gat
             str(free_port()),
             "--users",
             "20",
+            "--no-learn",  # the learning loop is tested in tests/learning
         ],
         env,
     )

@@ -33,3 +33,23 @@ def test_the_transport_does_not_import_features_or_experiments() -> None:
     for module, names in tipml_imports("events").items():
         upward = {n for n in names if n.startswith(("tipml.features", "tipml.experiments"))}
         assert upward == set(), module
+
+
+def _imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+    return names
+
+
+def test_only_the_registry_store_imports_mlflow() -> None:
+    importers = {str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if "mlflow" in _imports_of(p)}
+    assert importers == {"registry/store.py"}
+
+
+def test_nothing_in_src_imports_the_notebooks() -> None:
+    for path in SRC.rglob("*.py"):
+        assert "notebooks" not in _imports_of(path), path

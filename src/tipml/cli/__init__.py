@@ -7,6 +7,7 @@ from tipml.cli import (  # noqa: F401 - registers the commands
     events,
     experiments,
     features,
+    learn,
     prompts,
     serve,
 )

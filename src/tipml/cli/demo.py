@@ -60,6 +60,16 @@ def demo(
             help="Keep driving past --duration (up to 4x) until this many tips were generated."
         ),
     ] = 800,
+    learn: Annotated[
+        bool,
+        typer.Option(
+            help="Then train a ranker from the traffic, shadow it, promote it and compare it "
+            "with the baseline on fresh traffic."
+        ),
+    ] = True,
+    learn_duration: Annotated[
+        float, typer.Option(help="Seconds of fresh traffic per learning phase.")
+    ] = 30.0,
 ) -> None:
     """Start the whole system on embedded defaults and drive it with the simulator."""
     from tipml.sim.demo import drive
@@ -70,6 +80,11 @@ def demo(
     # Both packaged experiments run: the A/B test on one half of the `prompts` layer, the
     # Thompson-sampling bandit on the other (a setting of your own wins).
     env.setdefault("DEFAULT_PROMPT_VERSION", "experiment:prompt-version,prompt-bandit")
+    # /score follows the registry (the baseline until a champion exists) and explores a little,
+    # so the log holds outcomes of more than the baseline's first choices to learn from.
+    env.setdefault("TIPML_SCORER", "registry")
+    env.setdefault("TIPML_REGISTRY_POLL_S", "1")
+    env.setdefault("TIPML_SCORE_POLICY", "epsilon_greedy:0.1")
     data_dir = Path(env.setdefault("TIPML_DATA_DIR", ".tipml"))
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "serve.log"
@@ -103,6 +118,24 @@ def demo(
             )
         _print_report(report, percentile)
         _print_loop(loop)
+        if learn:
+            from tipml.sim.learn import learn as learn_loop
+
+            console.print("\n[bold]the learning loop[/]: train → shadow → promote")
+            try:
+                with console.status("training") as status:
+                    result = learn_loop(
+                        base_url,
+                        token,
+                        data_dir,
+                        users=users,
+                        duration=learn_duration,
+                        concurrency=concurrency,
+                        progress=status.update,
+                    )
+                _print_learning(result)
+            except TipmlError as exc:  # a gate or the data refused: say why, as `tipml train`
+                Console().print(f"no model trained: {' '.join(exc.detail.split())}")
         if keep_serving:
             console.print(
                 f"\nserving on {base_url} — token: {token}\n"
@@ -160,6 +193,47 @@ def _print_loop(loop: dict[str, Any]) -> None:
             f"online features of {loop['sample_user']}: 24h {feats['signal_counts_24h']}, "
             f"streak {feats['streak_days']} d, last seen {feats['last_seen']}"
         )
+
+
+def _print_learning(result: dict[str, Any]) -> None:
+    from tipml.cli.learn import print_training
+
+    out = Console()
+    print_training(result["training"])
+    shadow = result["shadow"]
+    if shadow:
+        s, c = shadow["shadow"]["dr"], shadow["champion"]["dr"]
+        out.print(
+            f"shadow report for tipml-ranker/{result['version']}: {shadow['decisions']} "
+            f"decisions, top-1 agreement {shadow['top1_agreement']:.0%}, rank correlation "
+            f"{shadow['rank_correlation']:.2f}; off-policy DR {s['value']:.3f} "
+            f"[{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] vs baseline {c['value']:.3f} "
+            f"[{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]"
+        )
+    moved = result["promoted"]
+    out.print(
+        f"promoted: tipml-ranker@champion {moved['previous'] or '(none)'} → {moved['version']}"
+    )
+    table = Table(
+        "ranker",
+        "decisions",
+        "errors",
+        "expected reward of the top tip",
+        "random candidate",
+        title="the same fresh simulated traffic, ranked by each",
+    )
+    for label, key in (("baseline", "baseline"), (f"tipml-ranker/{result['version']}", "model")):
+        r = result[key]
+        table.add_row(
+            label,
+            str(r["decisions"]),
+            str(r["errors"]),
+            f"{r['expected_reward']:.3f}",
+            f"{r['random_candidate']:.3f}",
+        )
+    out.print(table)
+    lift = result["model"]["expected_reward"] / result["baseline"]["expected_reward"] - 1
+    out.print(f"trained model vs baseline: {lift:+.1%} expected reward per top tip")
 
 
 def _print_report(report: object, percentile: object) -> None:

@@ -161,7 +161,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     threshold)."""
     state = runtime.gateway_state
     components = {
-        "scorer": ComponentStatus(ok=True, detail=f"{runtime.scorer.version} loaded"),
+        "scorer": ComponentStatus(ok=True, detail=f"{runtime.score_service.scorer.version} loaded"),
         "gateway": ComponentStatus(
             ok=state.status == "ready", detail=f"{state.status}: {state.detail}"
         ),
@@ -176,6 +176,9 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
             else state.llm_detail or f"{llm.server} is not running"
         )
         components["local_llm"] = ComponentStatus(ok=running, detail=detail)
+    if runtime.registry is not None:
+        ok, detail = runtime.registry.health()
+        components["registry"] = ComponentStatus(ok=ok, detail=detail)
     for name, (ok, detail) in runtime.events.health().items():
         components[name] = ComponentStatus(ok=ok, detail=detail)
     if runtime.settings.online_store != "jetstream":

@@ -13,7 +13,7 @@ import contextlib
 import gc
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from tipml.serving.local_llm import LocalLLM, assemble_default_model
 from tipml.serving.metrics import Metrics
 from tipml.serving.prompts import known_versions, resolve_version
 from tipml.serving.scoring import Scorer, build_scorer
+
+if TYPE_CHECKING:
+    from tipml.serving.models import RegistryWatcher
 from tipml.serving.service import GenerateService, ScoreService
 from tipml.settings import Settings
 
@@ -81,6 +84,7 @@ class Runtime:
     tip_stats: TipStatsView = field(default_factory=TipStatsView)
     policy_view: PolicyView = field(default_factory=PolicyView)
     experiments: ExperimentsConfig | None = None
+    registry: RegistryWatcher | None = None
     _task: asyncio.Task[None] | None = None
     _feast_task: asyncio.Task[None] | None = None
     _llm_task: asyncio.Task[None] | None = None
@@ -135,20 +139,28 @@ class Runtime:
         )
         assert events.decisions is not None
         online = OnlineStoreHolder(events)
+        score_service = ScoreService(
+            settings,
+            chosen,
+            score_policy,
+            tip_stats,
+            metrics,
+            events.decisions,
+            router=score_router,
+            rng=rng,
+        )
+        watcher = None
+        if settings.scorer == "registry" and scorer is None:
+            from tipml.serving.models import RegistryWatcher
+
+            watcher = RegistryWatcher.build(settings, score_service)
+            watcher.start_up()
         return cls(
             settings=settings,
             metrics=metrics,
             scorer=chosen,
-            score_service=ScoreService(
-                settings,
-                chosen,
-                score_policy,
-                tip_stats,
-                metrics,
-                events.decisions,
-                router=score_router,
-                rng=rng,
-            ),
+            score_service=score_service,
+            registry=watcher,
             generate_service=GenerateService(
                 settings,
                 lambda: state.gateway,
@@ -176,6 +188,8 @@ class Runtime:
 
     async def start(self) -> None:
         await self.events.start()
+        if self.registry is not None:
+            self.registry.start()
         if self.settings.online_store == "feast":
             self.online.store = None
             self.online.kind = f"feast ({self.settings.feast_online})"
@@ -276,6 +290,8 @@ class Runtime:
             delay = 1.0
 
     async def stop(self) -> None:
+        if self.registry is not None:
+            await self.registry.stop()
         if self._llm_task is not None:
             self._llm_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -115,4 +115,4 @@ def build_scorer(settings: Settings) -> Scorer:
     if settings.scorer == "lightgbm":
         assert settings.model_path is not None  # guaranteed by Settings validation
         return LightGBMScorer.from_file(settings.model_path, settings.model_version)
-    return BaselineScorer()
+    return BaselineScorer()  # "registry": the baseline until the watcher loads a champion

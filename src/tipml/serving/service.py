@@ -138,6 +138,8 @@ class ScoreService:
         self.decisions = decisions
         self._unknown = UnknownFeatureCounter(metrics)
         self._policies: dict[str, RankingPolicy] = {}
+        # the registry's shadow model (serving/models.py): scores logged, never returned
+        self.shadow: Scorer | None = None
 
     def _policy_named(self, spec: str) -> RankingPolicy:
         policy = self._policies.get(spec)
@@ -174,7 +176,8 @@ class ScoreService:
         hour = local_time(ts, profile).hour
         snapshot = self.tip_stats.snapshot()
         x = feature_matrix(candidates, profile, hour, snapshot)
-        scores = self.scorer.score(x)
+        scorer, shadow = self.scorer, self.shadow  # one of each per request, even mid-swap
+        scores = scorer.score(x)
         decision = self.router.decide(req.user_id) if self.router else NO_EXPERIMENT
         policy = self.policy if decision.value is None else self._policy_named(decision.value)
         uncertainty = Uncertainty(
@@ -198,13 +201,16 @@ class ScoreService:
         self.metrics.scored_candidates.observe(len(candidates))
         response = ScoreResponse(
             score_id=str(uuid.uuid4()),
-            model_version=self.scorer.version,
+            model_version=scorer.version,
             policy=policy.name,
             results=results,
             experiment=decision.experiment,
             variant=decision.variant,
         )
         rank_of = {i: r + 1 for r, i in enumerate(ranking.order.tolist())}
+        shadow_log = None
+        if shadow is not None:
+            shadow_log = {"model_version": shadow.version, "scores": shadow.score(x).tolist()}
         self.decisions.record(
             "score",
             response.score_id,
@@ -225,6 +231,8 @@ class ScoreService:
                 # what the matrix was built from is logged below; its hash lets the
                 # training-set builder prove it rebuilds the same matrix (the skew check)
                 "feature_hash": feature_hash(x),
+                # the shadow model's scores of the same matrix, in candidate order
+                "shadow": shadow_log,
                 # every candidate, not only the top k: off-policy evaluation needs them all
                 "candidates": [
                     {

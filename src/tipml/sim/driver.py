@@ -237,11 +237,17 @@ class Driver:
                     )
 
     async def run(
-        self, duration_s: float, concurrency: int = 4, *, min_generations: int = 0
+        self,
+        duration_s: float,
+        concurrency: int = 4,
+        *,
+        min_generations: int = 0,
+        max_steps: int | None = None,
     ) -> DriveReport:
         """Drive for ``duration_s``, and on past it (up to 4x as long) until
         ``min_generations`` tips were generated: on a slow machine the experiments still get
-        enough decisions to learn from."""
+        enough decisions to learn from. ``max_steps`` stops after that many steps (so two runs
+        with the same seed see the same traffic however fast the service is)."""
         report = DriveReport()
         started = time.perf_counter()
         counter = iter(range(10**9))
@@ -257,7 +263,10 @@ class Driver:
 
             async def worker() -> None:
                 while going():
-                    await self.step(client, next(counter), report)
+                    n = next(counter)
+                    if max_steps is not None and n >= max_steps:
+                        return
+                    await self.step(client, n, report)
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         report.duration_s = time.perf_counter() - started

@@ -1,0 +1,189 @@
+"""Training set, training and the evaluation gates on simulated traffic that went through the
+real app, JetStream and the archiver (issue 9, items 1-3)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import numpy as np
+import pytest
+
+from tests.learning.conftest import Traffic
+from tipml.domain.rewards import DEFAULT_REWARDS, RewardTable
+from tipml.pipelines.dataset import DatasetError, DatasetSpec, build_training_set
+from tipml.pipelines.evaluate import GateConfig, auc, ece, log_loss, ndcg_at_k
+from tipml.pipelines.flows import GateFailed, fit_and_evaluate, train_flow
+from tipml.pipelines.train import TrainParams, train
+
+LATER = datetime.now(UTC) + timedelta(days=1)  # every decision's wait has passed
+
+
+SPEC = DatasetSpec(wait_s=600)
+
+
+def _build(traffic: Traffic, spec: DatasetSpec = SPEC, **kw: object):  # type: ignore[no-untyped-def]
+    return build_training_set(
+        traffic.settings.data_dir / "offline",
+        RewardTable(),
+        spec,
+        as_of=kw.get("as_of", LATER),  # type: ignore[arg-type]
+    )
+
+
+def test_each_shown_tip_is_one_row_labelled_with_its_reaction(traffic: Traffic) -> None:
+    ts = _build(traffic)
+    assert ts.n == traffic.decisions == len(ts.decisions)
+    for decision_id, tip_id, label in zip(ts.decision_ids, ts.tip_ids, ts.y, strict=True):
+        tip, reaction = traffic.reactions[decision_id]
+        assert tip == tip_id
+        assert label == DEFAULT_REWARDS[reaction]
+    assert (ts.skew.checked, ts.skew.mismatches) == (traffic.decisions, 0)
+    assert ts.x.shape == (ts.n, len(ts.feature_names))
+    assert ts.window[0] <= ts.window[1]
+    assert set(ts.cohorts["platform"]) == {"ios", "android"}
+
+
+def test_the_content_hash_names_exactly_the_rows(traffic: Traffic) -> None:
+    a, b = _build(traffic), _build(traffic)
+    assert a.content_hash == b.content_hash
+    middle = (
+        datetime.fromisoformat(a.window[0])
+        + (datetime.fromisoformat(a.window[1]) - datetime.fromisoformat(a.window[0])) / 2
+    )
+    later_half = _build(traffic, DatasetSpec(wait_s=600, start=middle))
+    assert 0 < later_half.n < a.n
+    assert later_half.content_hash != a.content_hash
+    assert later_half.window[0] >= middle.isoformat()
+
+
+def test_a_reaction_after_the_wait_is_not_the_label(traffic: Traffic) -> None:
+    """Each reaction came a few milliseconds after its decision: with the median delay as the
+    wait, the slower half comes too late and gets the default reward; the rest keep theirs."""
+    offline = traffic.settings.data_dir / "offline"
+    con = duckdb.connect()
+    decided = dict(
+        con.execute(
+            "SELECT decision_id, CAST(json_extract_string(payload, '$.ts') AS TIMESTAMPTZ) "
+            "FROM read_parquet(?) WHERE kind = 'score'",
+            [str(offline / "decisions" / "*" / "*.parquet")],
+        ).fetchall()
+    )
+    reacted = dict(
+        con.execute(
+            "SELECT decision_id, ts FROM read_parquet(?)",
+            [str(offline / "feedback" / "*" / "*.parquet")],
+        ).fetchall()
+    )
+    delays = {d: (reacted[d] - decided[d]).total_seconds() for d in traffic.reactions}
+    wait = float(np.median(list(delays.values())))
+    ts = _build(traffic, DatasetSpec(wait_s=wait, default_reward=0.1))
+    late = on_time = 0
+    for decision_id, label in zip(ts.decision_ids, ts.y, strict=True):
+        if abs(delays[decision_id] - wait) < 1e-5:
+            continue  # on the boundary: microsecond rounding decides, not the rule
+        if delays[decision_id] > wait:
+            late += 1
+            assert label == 0.1
+        else:
+            on_time += 1
+            assert label == DEFAULT_REWARDS[traffic.reactions[decision_id][1]]
+    assert late > 0
+    assert on_time > 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "rewards", "as_of", "message"),
+    [
+        (
+            DatasetSpec(start=datetime(2030, 1, 1, tzinfo=UTC)),
+            None,
+            LATER,
+            "no /score decisions in the window",
+        ),
+        (DatasetSpec(wait_s=3600), None, datetime.now(UTC), "older than the 3600 s reaction wait"),
+        (DatasetSpec(wait_s=600), {r: 0.0 for r in DEFAULT_REWARDS}, LATER, "no positive outcomes"),
+        (DatasetSpec(wait_s=600), {r: 1.0 for r in DEFAULT_REWARDS}, LATER, "no negative outcomes"),
+    ],
+)
+def test_unusable_data_ends_with_one_line(
+    traffic: Traffic,
+    spec: DatasetSpec,
+    rewards: dict[str, float] | None,
+    as_of: datetime,
+    message: str,
+) -> None:
+    with pytest.raises(DatasetError, match=message) as info:
+        build_training_set(
+            traffic.settings.data_dir / "offline", RewardTable(rewards), spec, as_of=as_of
+        )
+    assert "\n" not in info.value.detail
+
+
+def test_training_is_reproducible_and_passes_the_gates(traffic: Traffic) -> None:
+    ts = _build(traffic)
+    first, report = fit_and_evaluate(ts, TrainParams(), GateConfig())
+    second, _ = fit_and_evaluate(ts, TrainParams(), GateConfig())
+    assert first.text == second.text
+    assert first.text.startswith("tree\n")
+    assert report.passed, report.reason()
+    assert report.metrics["auc"] > 0.55
+    assert 0 < report.metrics["ndcg@5"] <= 1
+    assert set(report.fairness["platform"]) == {"ios", "android"}
+    assert report.ope["challenger"]["dr"]["ci"][0] <= report.ope["challenger"]["dr"]["value"]
+    # held out by time: every test row is later than every training row
+    assert report.rows["train"] + report.rows["test"] == ts.n
+
+
+def test_missing_values_are_learnt_not_refused(traffic: Traffic) -> None:
+    ts = _build(traffic)
+    assert np.isnan(ts.x).any()  # missing preferred_hour, avg_session_minutes, …
+    model = train(ts.x, ts.y, TrainParams(num_boost_round=20))
+    nan_row = np.full((1, ts.x.shape[1]), np.nan)
+    assert 0.0 < float(model.predict(nan_row)[0]) < 1.0
+
+
+def test_a_failed_gate_is_named_and_nothing_is_registered(traffic: Traffic) -> None:
+    from tipml.registry.store import Registry
+
+    with pytest.raises(GateFailed, match=r"auc = 0\.\d+, needs ≥ 0\.9900") as info:
+        train_flow(
+            traffic.settings,
+            spec=DatasetSpec(wait_s=600),
+            gates=GateConfig(min_auc=0.99),
+            as_of=LATER,
+        )
+    assert "not registered" in info.value.detail
+    assert Registry.from_settings(traffic.settings).versions() == []
+
+
+def test_metrics_on_known_answers() -> None:
+    y = np.array([0.0, 0.0, 1.0, 1.0])
+    assert auc(y, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert auc(y, np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    assert auc(y, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    assert log_loss(y, np.array([0.5] * 4)) == pytest.approx(np.log(2))
+    assert ece(y, np.array([0.0, 0.0, 1.0, 1.0])) == 0.0
+    assert ece(y, np.array([0.5] * 4)) == pytest.approx(0.0)  # 0.5 is the mean: calibrated
+    assert ece(np.array([1.0, 1.0]), np.array([0.25, 0.25])) == pytest.approx(0.75)
+    groups = ["a", "a", "b", "b"]
+    assert ndcg_at_k(groups, y, np.array([0.2, 0.1, 0.9, 0.1]), k=2) == 1.0
+    assert ndcg_at_k(["a", "a"], np.array([0.0, 1.0]), np.array([0.9, 0.1]), k=2) == pytest.approx(
+        1 / np.log2(3)
+    )
+
+
+def test_the_same_task_trains_on_a_two_worker_dask_cluster(traffic: Traffic) -> None:
+    from distributed import LocalCluster
+
+    ts = _build(traffic)
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        model = train(
+            ts.x, ts.y, TrainParams(num_boost_round=40), dask_scheduler=cluster.scheduler_address
+        )
+    assert model.backend == "dask"
+    assert model.text.startswith("tree\n")
+    p = model.predict(ts.x)
+    assert auc(ts.y, p) > 0.55
