@@ -33,7 +33,7 @@ def _build(traffic: Traffic, spec: DatasetSpec = SPEC, **kw: object):  # type: i
 
 def test_each_shown_tip_is_one_row_labelled_with_its_reaction(traffic: Traffic) -> None:
     ts = _build(traffic)
-    assert ts.n == traffic.decisions == len(ts.decisions)
+    assert ts.n == traffic.decisions == len(ts.decision_labels)
     for decision_id, tip_id, label in zip(ts.decision_ids, ts.tip_ids, ts.y, strict=True):
         tip, reaction = traffic.reactions[decision_id]
         assert tip == tip_id

@@ -101,28 +101,31 @@ def hour_match(local_hour: int, preferred_hour: float | None) -> float:
     return 1.0 - min(diff, 24 - diff) / 12.0
 
 
-def feature_matrix(
-    candidates: Sequence[Candidate],
-    profile: ValidatedProfile,
-    local_hour: int,
-    stats: Mapping[str, TipStats],
-) -> npt.NDArray[np.float64]:
-    n = len(candidates)
-    x = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float64)
-    # User-level columns are the same for every row.
-    x[:, COLUMN["hour_match"]] = hour_match(local_hour, profile.get_float("preferred_hour"))
-    x[:, COLUMN["local_hour"]] = float(local_hour)
+def _user_columns(profile: ValidatedProfile, local_hour: int) -> dict[int, float]:
+    """The user-level columns (the same for every candidate of one request)."""
+    out = {
+        COLUMN["hour_match"]: hour_match(local_hour, profile.get_float("preferred_hour")),
+        COLUMN["local_hour"]: float(local_hour),
+    }
     notif = profile.values.get("notifications_enabled")
     if isinstance(notif, bool):
-        x[:, COLUMN["notifications_enabled"]] = float(notif)
+        out[COLUMN["notifications_enabled"]] = float(notif)
     for name in _PROFILE_NUMERIC:
         value = profile.get_float(name)
         if value is not None:
-            x[:, COLUMN[f"profile_{name}"]] = value
-    # Candidate-level columns, one vectorised assignment per column.
-    tips = [stats.get(c.tip_id, NO_STATS) for c in candidates]
-    impressions = np.array([t.impressions for t in tips], dtype=np.float64)
-    reward = np.array([t.reward_sum for t in tips], dtype=np.float64)
+            out[COLUMN[f"profile_{name}"]] = value
+    return out
+
+
+def _candidate_columns(
+    x: npt.NDArray[np.float64],
+    candidates: Sequence[Candidate],
+    impressions: npt.NDArray[np.float64],
+    reward: npt.NDArray[np.float64],
+    favorites: npt.NDArray[np.object_],
+) -> None:
+    """The candidate-level columns, one vectorised assignment per column. ``favorites``: each
+    row's favourite category ("" when unknown)."""
     x[:, COLUMN["tip_reward_rate"]] = smoothed_rate(reward, impressions)
     x[:, COLUMN["tip_log_impressions"]] = np.log1p(impressions)
     x[:, COLUMN["is_generated"]] = [c.source == "generated" for c in candidates]
@@ -131,7 +134,59 @@ def feature_matrix(
     known = categories != ""
     for cat in CATEGORIES:
         x[known, COLUMN[f"category_is_{cat}"]] = categories[known] == cat
-    favorite = profile.get_str("favorite_category")
-    if favorite is not None:
-        x[known, COLUMN["category_match"]] = categories[known] == favorite
+    both = known & (favorites != "")
+    x[both, COLUMN["category_match"]] = categories[both] == favorites[both]
+
+
+def feature_matrix(
+    candidates: Sequence[Candidate],
+    profile: ValidatedProfile,
+    local_hour: int,
+    stats: Mapping[str, TipStats],
+) -> npt.NDArray[np.float64]:
+    """One request's matrix: rows = its candidates in request order."""
+    n = len(candidates)
+    x = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float64)
+    for col, value in _user_columns(profile, local_hour).items():
+        x[:, col] = value
+    tips = [stats.get(c.tip_id, NO_STATS) for c in candidates]
+    favorite = profile.get_str("favorite_category") or ""
+    _candidate_columns(
+        x,
+        candidates,
+        np.array([t.impressions for t in tips], dtype=np.float64),
+        np.array([t.reward_sum for t in tips], dtype=np.float64),
+        np.full(n, favorite, dtype=object),
+    )
+    return x
+
+
+def feature_rows(
+    candidates: Sequence[Candidate],
+    profiles: Sequence[ValidatedProfile],
+    local_hours: Sequence[int],
+    impressions: Sequence[float],
+    reward_sums: Sequence[float],
+) -> npt.NDArray[np.float64]:
+    """Rows of many requests at once (row i: candidate i of a request with profile i, local
+    hour i and the tip aggregates it saw) — the training-set builder's batch path through
+    the same column definitions as ``feature_matrix``."""
+    n = len(candidates)
+    x = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float64)
+    cache: dict[tuple[int, int], dict[int, float]] = {}
+    for i, (profile, hour) in enumerate(zip(profiles, local_hours, strict=True)):
+        key = (id(profile), hour)
+        cols = cache.get(key)
+        if cols is None:
+            cols = cache[key] = _user_columns(profile, hour)
+        for col, value in cols.items():
+            x[i, col] = value
+    favorites = np.array([p.get_str("favorite_category") or "" for p in profiles], dtype=object)
+    _candidate_columns(
+        x,
+        candidates,
+        np.asarray(impressions, dtype=np.float64),
+        np.asarray(reward_sums, dtype=np.float64),
+        favorites,
+    )
     return x

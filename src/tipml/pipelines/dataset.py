@@ -35,11 +35,13 @@ import orjson
 
 from tipml.domain.rewards import RewardTable
 from tipml.errors import TipmlError
-from tipml.features.tip_features import FEATURE_NAMES
+from tipml.features.profile_schema import ValidatedProfile, validate_profile
+from tipml.features.tip_features import FEATURE_NAMES, Candidate, feature_rows
 from tipml.pipelines.skew import SkewReport, rebuild_matrix, skew_report
 
 POSITIVE_REWARD = 0.5  # a reward at or above this is a positive outcome (AUC, balance check)
 NEW_USER_DAYS = 30  # "new" vs "tenured" cohort
+_CHUNK_ROWS = 50_000
 _NEEDED = ("local_hour", "candidates", "ts")
 _NEEDED_CANDIDATE = ("tip_impressions", "tip_reward_sum", "rank")
 
@@ -80,9 +82,27 @@ class TrainingSet:
     spec: DatasetSpec
     skew: SkewReport
     content_hash: str = ""
-    decisions: list[dict[str, Any]] = field(default_factory=list)  # one per decision, time order
-    decision_rewards: list[float] = field(default_factory=list)  # the shown top tip's label
+    offline_root: Path | None = None
+    decision_labels: dict[str, float] = field(default_factory=dict)  # the top tip's label
     feature_names: tuple[str, ...] = FEATURE_NAMES
+
+    def load_decisions(self, decision_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The logged payloads of these decisions, in the given order (read back from the
+        archive: a training set does not hold every decision's candidates in memory)."""
+        path = _parquet(self.offline_root, "decisions") if self.offline_root else None
+        if path is None or not decision_ids:
+            return []
+        found: dict[str, dict[str, Any]] = {}
+        con = duckdb.connect()
+        con.execute("CREATE TEMP TABLE wanted (id VARCHAR)")
+        con.executemany("INSERT INTO wanted VALUES (?)", [(i,) for i in decision_ids])
+        for decision_id, payload in con.execute(
+            "SELECT decision_id, payload FROM read_parquet(?) WHERE valid AND kind = 'score' "
+            "AND decision_id IN (SELECT id FROM wanted) ORDER BY stream_seq",
+            [path],
+        ).fetchall():
+            found.setdefault(decision_id, orjson.loads(payload))
+        return [found[i] for i in decision_ids if i in found]
 
     @property
     def n(self) -> int:
@@ -95,7 +115,7 @@ class TrainingSet:
     def summary(self) -> dict[str, Any]:
         return {
             "rows": self.n,
-            "decisions": len(self.decisions),
+            "decisions": len(self.decision_labels),
             "positives": self.positives,
             "mean_reward": float(self.y.mean()) if self.n else None,
             "window": list(self.window),
@@ -136,9 +156,12 @@ def _parquet(root: Path, stream: str) -> str | None:
 
 def _decisions(con: duckdb.DuckDBPyConnection, path: str) -> Iterator[dict[str, Any]]:
     seen: set[str] = set()
+    # No ORDER BY: sorting would hold every payload in memory at once. DuckDB keeps the
+    # files' order (preserve_insertion_order), which the archiver and `compact` write in
+    # stream order, so the set's row order — and its content hash — is deterministic.
     cursor = con.execute(
         "SELECT decision_id, payload FROM read_parquet(?) "
-        "WHERE valid AND kind = 'score' AND decision_id IS NOT NULL ORDER BY stream_seq",
+        "WHERE valid AND kind = 'score' AND decision_id IS NOT NULL",
         [path],
     )
     while rows := cursor.fetchmany(10_000):
@@ -210,18 +233,27 @@ def build_training_set(
     end = spec.end.timestamp() if spec.end else np.inf
     con = duckdb.connect()
     reactions = _reactions(con, _parquet(offline_root, "feedback"), rewards)
-    rows_x: list[npt.NDArray[np.float64]] = []
+    total = con.execute(
+        "SELECT count(*) FROM read_parquet(?) WHERE valid AND kind = 'score'", [decisions_path]
+    ).fetchone()
+    step = max(1, int(total[0] if total else 0) // spec.skew_sample) if spec.skew_sample else 1
+    chunks: list[npt.NDArray[np.float64]] = []
+    candidates: list[Candidate] = []
+    profiles: list[ValidatedProfile] = []
+    hours: list[int] = []
+    impressions: list[float] = []
+    reward_sums: list[float] = []
     y: list[float] = []
     ids: list[str] = []
     tips: list[str] = []
     users: list[str] = []
     times: list[float] = []
     cohorts: dict[str, list[str]] = {"platform": [], "region": [], "tenure": []}
-    kept: list[dict[str, Any]] = []
-    decision_rewards: list[float] = []
+    sample: list[tuple[dict[str, Any], int, list[int]]] = []  # decision, first row, shown
+    labels_of: dict[str, float] = {}
     missing: dict[str, int] = {}
-    in_window = 0
-    for d in _decisions(con, decisions_path):
+    in_window = kept = 0
+    for n, d in enumerate(_decisions(con, decisions_path)):
         at = _parse_ts(d.get("ts"))
         if at is None or not start <= at < end:
             continue
@@ -232,26 +264,49 @@ def build_training_set(
         if gap is not None:
             missing[gap] = missing.get(gap, 0) + 1
             continue
-        x = rebuild_matrix(d)
-        shown = [i for i, c in enumerate(d["candidates"]) if int(c["rank"]) <= spec.shown_ranks]
-        shown.sort(key=lambda i: int(d["candidates"][i]["rank"]))
-        rows_x.append(x[shown])
+        try:
+            profile = validate_profile(d.get("profile_features") or {})
+        except TipmlError:
+            missing["profile_features"] = missing.get("profile_features", 0) + 1
+            continue
+        cands = d["candidates"]
+        shown = sorted(
+            (i for i, c in enumerate(cands) if int(c["rank"]) <= spec.shown_ranks),
+            key=lambda i: int(cands[i]["rank"]),
+        )
+        if n % step == 0:
+            sample.append((d, len(y), shown))
+        kept += 1
         cohort = cohorts_of(d)
+        decision_id = str(d["decision_id"])
+        hour = int(d["local_hour"])
         for i in shown:
-            tip = str(d["candidates"][i]["tip_id"])
-            reaction = reactions.get((d["decision_id"], tip))
+            c = cands[i]
+            tip = str(c["tip_id"])
+            candidates.append(
+                Candidate(tip, c.get("category"), tuple(c.get("tags", ())), c["source"])
+            )
+            profiles.append(profile)
+            hours.append(hour)
+            impressions.append(float(c["tip_impressions"]))
+            reward_sums.append(float(c["tip_reward_sum"]))
+            reaction = reactions.get((decision_id, tip))
             label = spec.default_reward
             if reaction is not None and reaction[0] - at <= spec.wait_s:
                 label = reaction[1]
             y.append(label)
-            ids.append(str(d["decision_id"]))
+            ids.append(decision_id)
             tips.append(tip)
             users.append(str(d.get("user_id")))
             times.append(at)
             for name, value in cohort.items():
                 cohorts[name].append(value)
-        decision_rewards.append(y[-len(shown)])
-        kept.append(d)
+        if shown:
+            labels_of[decision_id] = y[-len(shown)]
+        if len(candidates) >= _CHUNK_ROWS:  # bounded memory: rows become matrix chunks
+            chunks.append(feature_rows(candidates, profiles, hours, impressions, reward_sums))
+            for part in (candidates, profiles, hours, impressions, reward_sums):
+                part.clear()
     if not in_window:
         raise DatasetError("no /score decisions in the window" + _window_text(spec))
     if missing and not kept:
@@ -272,15 +327,25 @@ def build_training_set(
         raise DatasetError(
             f"no {side} outcomes in {len(labels)} rows (reward ≥ {POSITIVE_REWARD} is positive)"
         )
-    step = max(1, len(kept) // spec.skew_sample) if spec.skew_sample else 1
-    skew = skew_report(kept[::step])
+    chunks.append(feature_rows(candidates, profiles, hours, impressions, reward_sums))
+    matrix = chunks[0] if len(chunks) == 1 else np.vstack(chunks)
+    del candidates, profiles, hours, impressions, reward_sums, chunks
+    # The skew check, on the sample: serving's logged hash against the matrix rebuilt from the
+    # log one request at a time, and the batch-built rows against that same rebuild.
+    skew = skew_report(d for d, _, _ in sample)
+    skew.checked = max(skew.checked, len(sample))
+    for d, first, shown in sample:
+        rebuilt = rebuild_matrix(d)[shown]
+        if not np.array_equal(rebuilt, matrix[first : first + len(shown)], equal_nan=True):
+            skew.mismatches += 1
+            if len(skew.examples) < 10:
+                skew.examples.append(str(d.get("decision_id")))
     if skew.rate > spec.max_skew_rate:
         raise DatasetError(
             f"skew check failed: {skew.mismatches} of {skew.checked} rebuilt feature matrices "
             f"differ from what serving scored (e.g. decision {skew.examples[0]}); "
             "serving and training disagree on a feature definition"
         )
-    matrix = np.vstack(rows_x)
     stamps = np.array(times)
     window = (
         datetime.fromtimestamp(float(stamps.min()), UTC).isoformat(),
@@ -298,8 +363,8 @@ def build_training_set(
         spec=spec,
         skew=skew,
         content_hash=_hash(matrix, labels, ids, spec),
-        decisions=kept,
-        decision_rewards=decision_rewards,
+        offline_root=offline_root,
+        decision_labels=labels_of,
     )
 
 

@@ -118,6 +118,7 @@ class GateConfig:
     )
     min_group_rows: int = 100  # smaller groups are reported, not gated (too noisy)
     ope_tolerance: float = 0.0  # challenger DR ≥ champion DR - this
+    ope_max_decisions: int = 20_000  # the latest held-out decisions OPE reads back
     n_boot: int = 300
     seed: int = 0
 
@@ -311,12 +312,9 @@ def evaluate_model(
     users = [u for u, t in zip(ts.users, test, strict=True) if t]
     k = config.ndcg_k
     metrics = _metrics(y, p, users, k)
-    held = set(np.asarray(ts.decision_ids)[test].tolist())
-    pairs = [
-        (d, r)
-        for d, r in zip(ts.decisions, ts.decision_rewards, strict=True)
-        if d["decision_id"] in held
-    ]
+    held = list(dict.fromkeys(np.asarray(ts.decision_ids)[test].tolist()))  # time order
+    held = held[-config.ope_max_decisions :]
+    pairs = [(d, ts.decision_labels[d["decision_id"]]) for d in ts.load_decisions(held)]
     champion_scores = []
     for d in (d for d, _ in pairs):
         top = min(d["candidates"], key=lambda c: int(c["rank"]))
