@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -115,9 +115,11 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     dependencies=[Authorized],
     tags=["recommender"],
 )
-async def score(body: ScoreRequest, runtime: RuntimeDep) -> ScoreResponse:
+async def score(
+    body: ScoreRequest, runtime: RuntimeDep, background: BackgroundTasks
+) -> ScoreResponse:
     """Rank candidate tips for a user; every candidate gets a score, rank and propensity."""
-    return runtime.score_service.score(body)
+    return runtime.score_service.score(body, defer=background.add_task)
 
 
 @router.post(

@@ -169,7 +169,11 @@ class ScoreService:
             out.append(Candidate(c.tip_id, c.category, tuple(c.tags), c.source))
         return out
 
-    def score(self, req: ScoreRequest) -> ScoreResponse:
+    def score(
+        self, req: ScoreRequest, defer: Callable[[Callable[[], None]], None] | None = None
+    ) -> ScoreResponse:
+        """Rank ``req``'s candidates. ``defer`` runs a callable after the response is sent:
+        with a shadow model loaded, its scoring and the decision record go there."""
         candidates = self._candidates(req)
         profile = _profile(req.profile_features, self._unknown, "/score")
         ts = req.context.ts if req.context else None
@@ -208,49 +212,61 @@ class ScoreService:
             variant=decision.variant,
         )
         rank_of = {i: r + 1 for r, i in enumerate(ranking.order.tolist())}
-        shadow_log = None
-        if shadow is not None:
-            shadow_log = {"model_version": shadow.version, "scores": shadow.score(x).tolist()}
-        self.decisions.record(
-            "score",
-            response.score_id,
-            {
-                "decision_id": response.score_id,
-                "kind": "score",
-                "user_id": req.user_id,
-                "ts": _now_iso(),
-                "request_ts": ts.isoformat() if ts else None,
-                "platform": req.context.platform if req.context else None,
-                "model_version": response.model_version,
-                "policy": response.policy,
-                **decision.log_fields(),
-                "k": k,
-                "local_hour": hour,
-                "profile_features": dict(profile.values),
-                "unknown_features": list(profile.unknown),
-                # what the matrix was built from is logged below; its hash lets the
-                # training-set builder prove it rebuilds the same matrix (the skew check)
-                "feature_hash": feature_hash(x),
-                # the shadow model's scores of the same matrix, in candidate order
-                "shadow": shadow_log,
-                # every candidate, not only the top k: off-policy evaluation needs them all
-                "candidates": [
-                    {
-                        "tip_id": c.tip_id,
-                        "category": c.category,
-                        "source": c.source,
-                        "tags": list(c.tags),
-                        # the tip aggregates as serving saw them (point in time)
-                        "tip_impressions": snapshot.get(c.tip_id, NO_STATS).impressions,
-                        "tip_reward_sum": snapshot.get(c.tip_id, NO_STATS).reward_sum,
-                        "score": score_list[i],
-                        "propensity": propensities[i],
-                        "rank": rank_of[i],
-                    }
-                    for i, c in enumerate(candidates)
-                ],
-            },
-        )
+
+        def record() -> None:
+            shadow_log = None
+            if shadow is not None:
+                try:
+                    shadow_scores = shadow.score(x).tolist()
+                except Exception as exc:  # a shadow's failure never touches the decision
+                    shadow_log = {"model_version": shadow.version, "error": repr(exc)[:200]}
+                else:
+                    shadow_log = {"model_version": shadow.version, "scores": shadow_scores}
+            self.decisions.record(
+                "score",
+                response.score_id,
+                {
+                    "decision_id": response.score_id,
+                    "kind": "score",
+                    "user_id": req.user_id,
+                    "ts": _now_iso(),
+                    "request_ts": ts.isoformat() if ts else None,
+                    "platform": req.context.platform if req.context else None,
+                    "model_version": response.model_version,
+                    "policy": response.policy,
+                    **decision.log_fields(),
+                    "k": k,
+                    "local_hour": hour,
+                    "profile_features": dict(profile.values),
+                    "unknown_features": list(profile.unknown),
+                    # what the matrix was built from is logged below; its hash lets the
+                    # training-set builder prove it rebuilds the same matrix (the skew check)
+                    "feature_hash": feature_hash(x),
+                    # the shadow model's scores of the same matrix, in candidate order
+                    "shadow": shadow_log,
+                    # every candidate, not only the top k: off-policy evaluation needs them all
+                    "candidates": [
+                        {
+                            "tip_id": c.tip_id,
+                            "category": c.category,
+                            "source": c.source,
+                            "tags": list(c.tags),
+                            # the tip aggregates as serving saw them (point in time)
+                            "tip_impressions": snapshot.get(c.tip_id, NO_STATS).impressions,
+                            "tip_reward_sum": snapshot.get(c.tip_id, NO_STATS).reward_sum,
+                            "score": score_list[i],
+                            "propensity": propensities[i],
+                            "rank": rank_of[i],
+                        }
+                        for i, c in enumerate(candidates)
+                    ],
+                },
+            )
+
+        if shadow is not None and defer is not None:
+            defer(record)  # after the response is sent: the shadow is off the response path
+        else:
+            record()
         return response
 
 
