@@ -41,7 +41,7 @@ CHUNK = 50_000
 def generate(root: Path, n: int, candidates: int, seed: int = 7) -> None:
     from tipml.domain.rewards import DEFAULT_REWARDS
     from tipml.events.archive import SCHEMA
-    from tipml.features.tip_features import feature_hash
+    from tipml.features.tip_features import FEATURE_SET, feature_hash
     from tipml.pipelines.skew import rebuild_matrix
     from tipml.sim.catalog import CATALOG
     from tipml.sim.users import make_users
@@ -76,6 +76,8 @@ def generate(root: Path, n: int, candidates: int, seed: int = 7) -> None:
                 "policy": "greedy",
                 "k": 5,
                 "local_hour": hour,
+                "feature_set": FEATURE_SET,
+                "user_online": {"user_signals_24h": float(rng.randint(0, 40))},
                 "profile_features": profile,
                 "candidates": [
                     {

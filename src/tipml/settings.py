@@ -155,6 +155,13 @@ class Settings(BaseSettings):
     rewards: dict[str, float] | None = Field(
         None, description='Reaction → reward in [0, 1], JSON (e.g. {"completed": 1}).'
     )
+    score_online_timeout_s: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="Time budget of /score's read of the user's online features (slower: "
+        "the online columns are missing for that request).",
+    )
     online_timeout_s: float = Field(
         0.05, gt=0, description="Time budget of the online-feature read in /generate."
     )

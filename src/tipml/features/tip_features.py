@@ -8,9 +8,12 @@ feature means the same thing at train and serve time. Missing values are ``NaN``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -77,8 +80,35 @@ MODEL_COLUMNS: tuple[ColumnDef, ...] = (
         ColumnDef(f"category_is_{c}", "candidate category", f"1 if the category is {c}")
         for c in CATEGORIES
     ),
+    # What the user did, from the online user features (domain.users.USER_FEATURES) that
+    # /score reads with one KV get; missing when the user is unknown or the read is too slow.
+    ColumnDef("user_signals_1h", "user feature signal_counts_1h", "signals in the last hour"),
+    ColumnDef("user_signals_24h", "user feature signal_counts_24h", "signals in the last 24 h"),
+    ColumnDef("user_signals_7d", "user feature signal_counts_7d", "signals in the last 7 days"),
+    ColumnDef("user_streak_days", "user feature streak_days", "days in a row with a signal"),
+    ColumnDef(
+        "user_hours_since_seen",
+        "user feature last_seen + decision time",
+        "hours since the user's latest signal",
+    ),
+    ColumnDef(
+        "user_active_hour_share",
+        "user feature active_hours + decision time",
+        "share of the user's signals in this UTC hour of day",
+    ),
+)
+ONLINE_COLUMNS: tuple[str, ...] = (
+    "user_signals_1h",
+    "user_signals_24h",
+    "user_signals_7d",
+    "user_streak_days",
+    "user_hours_since_seen",
+    "user_active_hour_share",
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(c.name for c in MODEL_COLUMNS)
+_ONLINE = frozenset(ONLINE_COLUMNS)
+# Names the column set: a decision logged under another set cannot be rebuilt bit for bit.
+FEATURE_SET = hashlib.blake2b("\n".join(FEATURE_NAMES).encode(), digest_size=4).hexdigest()
 COLUMN: Mapping[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
 
@@ -101,7 +131,40 @@ def hour_match(local_hour: int, preferred_hour: float | None) -> float:
     return 1.0 - min(diff, 24 - diff) / 12.0
 
 
-def _user_columns(profile: ValidatedProfile, local_hour: int) -> dict[int, float]:
+def online_columns(features: Mapping[str, Any] | None, at: float) -> dict[str, float]:
+    """The ``ONLINE_COLUMNS`` values from a user's materialized online features, as of the
+    decision time ``at`` (unix seconds); a column whose input is missing is left out. Serving
+    logs this result with each decision, so training reads exactly what serving saw."""
+    if not features:
+        return {}
+    out: dict[str, float] = {}
+    for name, key in (
+        ("user_signals_1h", "signal_counts_1h"),
+        ("user_signals_24h", "signal_counts_24h"),
+        ("user_signals_7d", "signal_counts_7d"),
+    ):
+        counts = features.get(key)
+        if isinstance(counts, Mapping):
+            out[name] = float(sum(counts.values()))
+    streak = features.get("streak_days")
+    if isinstance(streak, int | float):
+        out["user_streak_days"] = float(streak)
+    seen = features.get("last_seen")
+    if isinstance(seen, str):
+        with contextlib.suppress(ValueError):
+            out["user_hours_since_seen"] = max(
+                0.0, (at - datetime.fromisoformat(seen).timestamp()) / 3600.0
+            )
+    hours = features.get("active_hours")
+    if isinstance(hours, list) and len(hours) == 24 and sum(hours) > 0:
+        hour = datetime.fromtimestamp(at, UTC).hour
+        out["user_active_hour_share"] = float(hours[hour]) / float(sum(hours))
+    return out
+
+
+def _user_columns(
+    profile: ValidatedProfile, local_hour: int, online: Mapping[str, float] | None = None
+) -> dict[int, float]:
     """The user-level columns (the same for every candidate of one request)."""
     out = {
         COLUMN["hour_match"]: hour_match(local_hour, profile.get_float("preferred_hour")),
@@ -114,6 +177,9 @@ def _user_columns(profile: ValidatedProfile, local_hour: int) -> dict[int, float
         value = profile.get_float(name)
         if value is not None:
             out[COLUMN[f"profile_{name}"]] = value
+    for name, value in (online or {}).items():
+        if name in _ONLINE:
+            out[COLUMN[name]] = float(value)
     return out
 
 
@@ -143,11 +209,13 @@ def feature_matrix(
     profile: ValidatedProfile,
     local_hour: int,
     stats: Mapping[str, TipStats],
+    online: Mapping[str, float] | None = None,
 ) -> npt.NDArray[np.float64]:
-    """One request's matrix: rows = its candidates in request order."""
+    """One request's matrix: rows = its candidates in request order. ``online``: the
+    ``online_columns`` of the user as of the request."""
     n = len(candidates)
     x = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float64)
-    for col, value in _user_columns(profile, local_hour).items():
+    for col, value in _user_columns(profile, local_hour, online).items():
         x[:, col] = value
     tips = [stats.get(c.tip_id, NO_STATS) for c in candidates]
     favorite = profile.get_str("favorite_category") or ""
@@ -167,18 +235,20 @@ def feature_rows(
     local_hours: Sequence[int],
     impressions: Sequence[float],
     reward_sums: Sequence[float],
+    onlines: Sequence[Mapping[str, float] | None] | None = None,
 ) -> npt.NDArray[np.float64]:
     """Rows of many requests at once (row i: candidate i of a request with profile i, local
     hour i and the tip aggregates it saw) — the training-set builder's batch path through
     the same column definitions as ``feature_matrix``."""
     n = len(candidates)
     x = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float64)
-    cache: dict[tuple[int, int], dict[int, float]] = {}
-    for i, (profile, hour) in enumerate(zip(profiles, local_hours, strict=True)):
-        key = (id(profile), hour)
+    cache: dict[tuple[int, int, int], dict[int, float]] = {}
+    per_row = onlines if onlines is not None else [None] * n
+    for i, (profile, hour, online) in enumerate(zip(profiles, local_hours, per_row, strict=True)):
+        key = (id(profile), hour, id(online))
         cols = cache.get(key)
         if cols is None:
-            cols = cache[key] = _user_columns(profile, hour)
+            cols = cache[key] = _user_columns(profile, hour, online)
         for col, value in cols.items():
             x[i, col] = value
     favorites = np.array([p.get_str("favorite_category") or "" for p in profiles], dtype=object)

@@ -36,7 +36,7 @@ import orjson
 from tipml.domain.rewards import RewardTable
 from tipml.errors import TipmlError
 from tipml.features.profile_schema import ValidatedProfile, validate_profile
-from tipml.features.tip_features import FEATURE_NAMES, Candidate, feature_rows
+from tipml.features.tip_features import FEATURE_NAMES, FEATURE_SET, Candidate, feature_rows
 from tipml.pipelines.skew import SkewReport, rebuild_matrix, skew_report
 
 POSITIVE_REWARD = 0.5  # a reward at or above this is a positive outcome (AUC, balance check)
@@ -252,7 +252,8 @@ def build_training_set(
     sample: list[tuple[dict[str, Any], int, list[int]]] = []  # decision, first row, shown
     labels_of: dict[str, float] = {}
     missing: dict[str, int] = {}
-    in_window = kept = 0
+    in_window = kept = other_set = 0
+    onlines: list[Mapping[str, float]] = []
     for n, d in enumerate(_decisions(con, decisions_path)):
         at = _parse_ts(d.get("ts"))
         if at is None or not start <= at < end:
@@ -260,6 +261,9 @@ def build_training_set(
         in_window += 1
         if at > horizon:
             continue  # its reactions may still arrive: no label yet
+        if d.get("feature_set") != FEATURE_SET:
+            other_set += 1  # logged under another column set: its rows would not match
+            continue
         gap = _missing(d)
         if gap is not None:
             missing[gap] = missing.get(gap, 0) + 1
@@ -280,6 +284,7 @@ def build_training_set(
         cohort = cohorts_of(d)
         decision_id = str(d["decision_id"])
         hour = int(d["local_hour"])
+        online = d.get("user_online") or {}
         for i in shown:
             c = cands[i]
             tip = str(c["tip_id"])
@@ -287,6 +292,7 @@ def build_training_set(
                 Candidate(tip, c.get("category"), tuple(c.get("tags", ())), c["source"])
             )
             profiles.append(profile)
+            onlines.append(online)
             hours.append(hour)
             impressions.append(float(c["tip_impressions"]))
             reward_sums.append(float(c["tip_reward_sum"]))
@@ -304,11 +310,18 @@ def build_training_set(
         if shown:
             labels_of[decision_id] = y[-len(shown)]
         if len(candidates) >= _CHUNK_ROWS:  # bounded memory: rows become matrix chunks
-            chunks.append(feature_rows(candidates, profiles, hours, impressions, reward_sums))
-            for part in (candidates, profiles, hours, impressions, reward_sums):
+            chunks.append(
+                feature_rows(candidates, profiles, hours, impressions, reward_sums, onlines)
+            )
+            for part in (candidates, profiles, hours, impressions, reward_sums, onlines):
                 part.clear()
     if not in_window:
         raise DatasetError("no /score decisions in the window" + _window_text(spec))
+    if other_set and not kept:
+        raise DatasetError(
+            f"all {other_set} decisions in the window were logged under another feature "
+            "set (the model columns changed since): train on decisions logged after the change"
+        )
     if missing and not kept:
         worst = max(missing, key=lambda k: missing[k])
         raise DatasetError(
@@ -327,13 +340,14 @@ def build_training_set(
         raise DatasetError(
             f"no {side} outcomes in {len(labels)} rows (reward ≥ {POSITIVE_REWARD} is positive)"
         )
-    chunks.append(feature_rows(candidates, profiles, hours, impressions, reward_sums))
+    chunks.append(feature_rows(candidates, profiles, hours, impressions, reward_sums, onlines))
     matrix = chunks[0] if len(chunks) == 1 else np.vstack(chunks)
-    del candidates, profiles, hours, impressions, reward_sums, chunks
+    del candidates, profiles, hours, impressions, reward_sums, onlines, chunks
     # The skew check, on the sample: serving's logged hash against the matrix rebuilt from the
     # log one request at a time, and the batch-built rows against that same rebuild.
     skew = skew_report(d for d, _, _ in sample)
     skew.checked = max(skew.checked, len(sample))
+    skew.other_feature_set = other_set
     for d, first, shown in sample:
         rebuilt = rebuild_matrix(d)[shown]
         if not np.array_equal(rebuilt, matrix[first : first + len(shown)], equal_nan=True):

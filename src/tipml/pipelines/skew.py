@@ -22,7 +22,7 @@ import numpy.typing as npt
 from tipml.domain.tips import TipStats
 from tipml.errors import TipmlError
 from tipml.features.profile_schema import validate_profile
-from tipml.features.tip_features import Candidate, feature_hash, feature_matrix
+from tipml.features.tip_features import FEATURE_SET, Candidate, feature_hash, feature_matrix
 
 
 def rebuild_matrix(decision: Mapping[str, Any]) -> npt.NDArray[np.float64]:
@@ -35,13 +35,15 @@ def rebuild_matrix(decision: Mapping[str, Any]) -> npt.NDArray[np.float64]:
         )
         stats[c["tip_id"]] = TipStats(int(c["tip_impressions"]), float(c["tip_reward_sum"]))
     profile = validate_profile(decision.get("profile_features") or {})
-    return feature_matrix(candidates, profile, int(decision["local_hour"]), stats)
+    online = decision.get("user_online") or {}
+    return feature_matrix(candidates, profile, int(decision["local_hour"]), stats, online)
 
 
 @dataclass
 class SkewReport:
     decisions: int = 0  # /score decisions seen
-    checked: int = 0  # of those, logged with a feature hash
+    checked: int = 0  # of those, logged with a feature hash under the current column set
+    other_feature_set: int = 0  # logged under another column set: not comparable
     mismatches: int = 0
     examples: list[str] = field(default_factory=list)  # decision ids, at most 10
 
@@ -54,6 +56,7 @@ class SkewReport:
             "decisions": self.decisions,
             "checked": self.checked,
             "mismatches": self.mismatches,
+            "other_feature_set": self.other_feature_set,
             "mismatch_rate": self.rate,
             "examples": self.examples,
         }
@@ -68,6 +71,9 @@ def skew_report(decisions: Iterable[Mapping[str, Any]]) -> SkewReport:
         logged = d.get("feature_hash")
         if not logged:
             continue  # logged before serving hashed its features
+        if d.get("feature_set") != FEATURE_SET:
+            report.other_feature_set += 1  # columns added or changed since: not comparable
+            continue
         report.checked += 1
         try:
             rebuilt = feature_hash(rebuild_matrix(d))

@@ -119,7 +119,14 @@ async def score(
     body: ScoreRequest, runtime: RuntimeDep, background: BackgroundTasks
 ) -> ScoreResponse:
     """Rank candidate tips for a user; every candidate gets a score, rank and propensity."""
-    return runtime.score_service.score(body, defer=background.add_task)
+    try:  # one KV get within the budget; too slow or unknown: the online columns are missing
+        online = await asyncio.wait_for(
+            runtime.online.user_features(body.user_id), runtime.settings.score_online_timeout_s
+        )
+    except TimeoutError:
+        online = None
+        runtime.metrics.score_online_missing.inc()
+    return runtime.score_service.score(body, defer=background.add_task, online=online)
 
 
 @router.post(

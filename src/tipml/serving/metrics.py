@@ -80,6 +80,11 @@ class Metrics:
             buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000),
             registry=r,
         )
+        self.score_online_missing = Counter(
+            "tipml_score_online_missing",
+            "/score calls whose read of the user's online features exceeded its budget.",
+            registry=r,
+        )
         self.gateway_ready = Gauge(
             "tipml_gateway_ready",
             "1 when the LLM gateway is configured and reachable.",

@@ -27,7 +27,14 @@ from tipml.experiments.policies import RankingPolicy, Uncertainty, parse_score_p
 from tipml.features.context import build_context, local_time
 from tipml.features.profile_schema import ValidatedProfile, shown, validate_profile
 from tipml.features.store import OnlineFeatureStore
-from tipml.features.tip_features import COLUMN, Candidate, feature_hash, feature_matrix
+from tipml.features.tip_features import (
+    COLUMN,
+    FEATURE_SET,
+    Candidate,
+    feature_hash,
+    feature_matrix,
+    online_columns,
+)
 from tipml.serving import guard
 from tipml.serving.gateway import LLMGateway
 from tipml.serving.metrics import Metrics
@@ -170,16 +177,22 @@ class ScoreService:
         return out
 
     def score(
-        self, req: ScoreRequest, defer: Callable[[Callable[[], None]], None] | None = None
+        self,
+        req: ScoreRequest,
+        defer: Callable[[Callable[[], None]], None] | None = None,
+        online: Mapping[str, Any] | None = None,
     ) -> ScoreResponse:
-        """Rank ``req``'s candidates. ``defer`` runs a callable after the response is sent:
-        with a shadow model loaded, its scoring and the decision record go there."""
+        """Rank ``req``'s candidates. ``online``: the user's online features (``None``: not
+        known, or not read in time — the online columns are then missing). ``defer`` runs a
+        callable after the response is sent: with a shadow model loaded, its scoring and the
+        decision record go there."""
         candidates = self._candidates(req)
         profile = _profile(req.profile_features, self._unknown, "/score")
         ts = req.context.ts if req.context else None
         hour = local_time(ts, profile).hour
         snapshot = self.tip_stats.snapshot()
-        x = feature_matrix(candidates, profile, hour, snapshot)
+        seen = online_columns(online, time.time())
+        x = feature_matrix(candidates, profile, hour, snapshot, seen)
         scorer, shadow = self.scorer, self.shadow  # one of each per request, even mid-swap
         scores = scorer.score(x)
         decision = self.router.decide(req.user_id) if self.router else NO_EXPERIMENT
@@ -242,6 +255,9 @@ class ScoreService:
                     # what the matrix was built from is logged below; its hash lets the
                     # training-set builder prove it rebuilds the same matrix (the skew check)
                     "feature_hash": feature_hash(x),
+                    "feature_set": FEATURE_SET,
+                    # the user's online columns as serving saw them (point in time)
+                    "user_online": seen,
                     # the shadow model's scores of the same matrix, in candidate order
                     "shadow": shadow_log,
                     # every candidate, not only the top k: off-policy evaluation needs them all
