@@ -43,19 +43,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from bench.bench_serving import load_score, score_body, start_service
 from bench.bench_training import generate
-from bench.common import machine, pct
-from tipml.testing.stub_llm import free_port
+from bench.common import machine, open_loop, pct
+from tipml.testing.stub_llm import IDLE_GATEWAY_YAML, free_port
 
 RESULTS = Path(__file__).parent / "results"
-STUB_GATEWAY = """
-default_route: tip-writer
-model_list:
-  - model_name: tip-writer
-    litellm_params: {model: text-completion-openai/ok, api_base: "http://127.0.0.1:9/v1",
-                     api_key: stub, timeout: 1, max_retries: 0}
-    model_info: {mode: completion}
-router_settings: {num_retries: 0, retry_after: 0, fallbacks: [], timeout: 1}
-"""
+STUB_GATEWAY = IDLE_GATEWAY_YAML
 
 
 def register_model(data_dir: Path) -> tuple[str, list[str]]:
@@ -114,9 +106,6 @@ def rows_for_peer(names: list[str]) -> list[bytes]:
 
 
 async def load_peer(url: str, bodies: list[bytes], rate: float, duration: float) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    total = int(rate * duration)
     headers = {"content-type": "application/json"}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
@@ -124,29 +113,14 @@ async def load_peer(url: str, bodies: list[bytes], rate: float, duration: float)
             r = await client.post("/invocations", content=bodies[i % 50], headers=headers)
             r.raise_for_status()
 
-        async def one(i: int, scheduled: float) -> None:
-            nonlocal errors
+        async def send(i: int) -> bool:
             try:
-                ok = (
-                    await client.post("/invocations", content=bodies[i % 50], headers=headers)
-                ).status_code == 200
+                r = await client.post("/invocations", content=bodies[i % 50], headers=headers)
             except httpx.HTTPError:
-                ok = False
-            if ok:
-                latencies.append((time.perf_counter() - scheduled) * 1000)
-            else:
-                errors += 1
+                return False
+            return r.status_code == 200
 
-        start = time.perf_counter()
-        tasks = []
-        for i in range(total):
-            scheduled = start + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, scheduled)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
+        latencies, errors, elapsed = await open_loop(send, rate, duration)
     return {
         "target_rps": rate,
         "achieved_rps": round(len(latencies) / elapsed, 1),

@@ -43,7 +43,7 @@ from rich.table import Table
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from bench.common import machine, pct
+from bench.common import machine, open_loop, pct
 from tipml.features.context import build_context
 from tipml.features.profile_schema import validate_profile
 from tipml.serving.gateway import LiteLLMGateway, load_gateway_config
@@ -85,36 +85,20 @@ def score_body(i: int) -> dict[str, Any]:
 async def load_score(base_url: str, token: str, rate: float, duration: float) -> dict[str, Any]:
     bodies = [json.dumps(score_body(i)).encode() for i in range(50)]
     headers = {"Authorization": f"Bearer {token}", "content-type": "application/json"}
-    latencies: list[float] = []
-    errors = 0
     total = int(rate * duration)
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10) as client:
         for i in range(50):  # warm-up
             await client.post("/score", content=bodies[i % 50], headers=headers)
 
-        async def one(i: int, scheduled: float) -> None:
-            nonlocal errors
+        async def send(i: int) -> bool:
             try:
                 resp = await client.post("/score", content=bodies[i % 50], headers=headers)
-                ok = resp.status_code == 200
             except httpx.HTTPError:
-                ok = False
-            if ok:
-                latencies.append((time.perf_counter() - scheduled) * 1000)
-            else:
-                errors += 1
+                return False
+            return resp.status_code == 200
 
-        start = time.perf_counter()
-        tasks = []
-        for i in range(total):
-            scheduled = start + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, scheduled)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
+        latencies, errors, elapsed = await open_loop(send, rate, duration)
         server = server_side_quantiles((await client.get("/metrics")).text, "/score")
     return {
         **server,

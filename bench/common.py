@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +33,31 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+async def open_loop(
+    send: Callable[[int], Awaitable[bool]], rate: float, duration: float
+) -> tuple[list[float], int, float]:
+    """Call ``send(i)`` at a fixed arrival rate for ``duration`` seconds, open loop: each
+    latency is measured from the request's *scheduled* start, so a stall of the client is not
+    hidden. Returns (latencies in ms of the successful calls, failures, elapsed seconds)."""
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal errors
+        if await send(i):
+            latencies.append((time.perf_counter() - scheduled) * 1000)
+        else:
+            errors += 1
+
+    start = time.perf_counter()
+    tasks = []
+    for i in range(int(rate * duration)):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    return latencies, errors, time.perf_counter() - start

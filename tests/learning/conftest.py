@@ -24,17 +24,9 @@ from tipml.serving.app import create_app
 from tipml.settings import Settings
 from tipml.sim.catalog import CATALOG
 from tipml.sim.users import make_users
+from tipml.testing.stub_llm import IDLE_GATEWAY_YAML
 
-# /score needs no LLM: a route to a closed port keeps the gateway configured and idle
-STUB_GATEWAY = """
-default_route: tip-writer
-model_list:
-  - model_name: tip-writer
-    litellm_params: {model: text-completion-openai/ok, api_base: "http://127.0.0.1:9/v1",
-                     api_key: stub, timeout: 1, max_retries: 0}
-    model_info: {mode: completion}
-router_settings: {num_retries: 0, retry_after: 0, fallbacks: [], timeout: 1}
-"""
+STUB_GATEWAY = IDLE_GATEWAY_YAML
 
 
 @dataclass

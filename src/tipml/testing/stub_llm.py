@@ -211,3 +211,16 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# A gateway config whose one route points at a closed port: for runs that only use /score
+# (no LLM is started, the gateway is configured and idle; a /generate would fall back).
+IDLE_GATEWAY_YAML = """
+default_route: tip-writer
+model_list:
+  - model_name: tip-writer
+    litellm_params: {model: text-completion-openai/ok, api_base: "http://127.0.0.1:9/v1",
+                     api_key: stub, timeout: 1, max_retries: 0}
+    model_info: {mode: completion}
+router_settings: {num_retries: 0, retry_after: 0, fallbacks: [], timeout: 1}
+"""
