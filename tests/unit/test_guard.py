@@ -34,6 +34,9 @@ def test_accepts_clean_tips(raw: str, clean: str) -> None:
         ("", "empty"),
         ("   ", "empty"),
         ("Sleep.", "too_short"),
+        # what CI's injection run served (stop 12, second try): numbers are not words
+        ("15-15.50 min", "too_short"),
+        ("10 20 30 40 50 min.", "too_short"),
         ("x" * 130, "too_long"),
         ("Drink water.\nThen walk.", "multiple_lines"),
         ("Read more at https://example.com today.", "url"),

@@ -96,8 +96,8 @@ def check(
         return reject("prompt_echo")
     if len(text) > max_chars:
         return reject("too_long")
-    if len(text) < min_chars or len(_words(text)) < 3:
-        return reject("too_short")
+    if len(text) < min_chars or sum(any(c.isalpha() for c in w) for w in _words(text)) < 3:
+        return reject("too_short")  # three words, and numbers are not words
     if "\n" in text or "\r" in text:
         return reject("multiple_lines")
     if _HTML.search(text):
