@@ -44,6 +44,8 @@ def test_accepts_clean_tips(raw: str, clean: str) -> None:
         ("Check out calm.com for a meditation.", "url"),
         ("Email coach@example.com for a plan today.", "email"),
         ("Call +1 (555) 123-4567 to book a session.", "phone"),
+        ("Go to bed between 10 - 11.30 tonight.", "phone"),  # the corpus check's phone shape
+        ("#sleep matters more than you think.", "markdown"),  # a hashtag opens a heading
         ("<b>Drink</b> more water today.", "html"),
         ("Drink more water &amp; rest today.", "html"),
         ("**Drink** more water today.", "markdown"),

@@ -26,10 +26,9 @@ _URL = re.compile(
 )
 _EMAIL = re.compile(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b")
 _PHONE_RUN = re.compile(r"\+?\(?\d[\d\s().-]{5,}\d")
+_NUMBER_RUN = re.compile(r"\d[\d\s().-]{6,}\d")  # 8+ characters of digits and separators
 _HTML = re.compile(r"<\s*/?\s*[a-zA-Z][^>]*>|&(?:[a-z]+|#\d+);")
-_MARKDOWN = re.compile(
-    r"\*\*|__|`|~~|\[[^\]]*\]\([^)]*\)|^\s*(?:#{1,6}\s|[-*+]\s|\d+[.)]\s|>\s)|\|.*\|"
-)
+_MARKDOWN = re.compile(r"\*\*|__|`|~~|\[[^\]]*\]\([^)]*\)|^\s*(?:#|[-*+]\s|\d+[.)]\s|>\s)|\|.*\|")
 _SENTENCE_END = re.compile(r"[.!?](?:\s+|$)")
 _LABEL = re.compile(r"^(?:tip|note|answer)\s*:\s*", re.IGNORECASE)
 SHOUT_LETTERS = 4  # "TV", "REM" and "OK" are fine; "PWNED" is not
@@ -109,6 +108,8 @@ def check(
     if _URL.search(text):
         return reject("url")
     if any(sum(ch.isdigit() for ch in run) >= 7 for run in _PHONE_RUN.findall(text)):
+        return reject("phone")
+    if _NUMBER_RUN.search(text):  # "10 - 11.30", "2026-11-29": read as a number, not a tip
         return reject("phone")
     ends = _SENTENCE_END.findall(text.rstrip())
     if len(ends) > 1:
