@@ -73,7 +73,7 @@ def versions(traffic: Traffic) -> dict[str, str]:
     return {"champion": "1", "shadow": "2"}
 
 
-def _plant(registry: Registry, payload: bytes, like: str) -> str:
+def _plant(registry: Registry, payload: bytes, like: str, data: str = "model.lgb") -> str:
     """A new version whose artifact is ``payload`` — registered with its true SHA-256, as an
     attacker with write access to the registry would."""
     import mlflow
@@ -85,6 +85,9 @@ def _plant(registry: Registry, payload: bytes, like: str) -> str:
         )
     )
     (folder / "model.lgb").write_bytes(payload)
+    if data != "model.lgb":  # the MLmodel names another file as the model
+        mlmodel = folder / "MLmodel"
+        mlmodel.write_text(mlmodel.read_text().replace("data: model.lgb", f"data: {data}"))
     mlflow.set_tracking_uri(registry.uri)
     with mlflow.start_run(experiment_id=registry._experiment_id()) as run:
         mlflow.log_artifacts(str(folder), artifact_path="model")
@@ -169,6 +172,16 @@ def test_a_pickle_is_refused_without_being_unpickled(
     with pytest.raises(UnsafeModel, match="is a pickle"):
         registry.load(planted)
     assert not marker.exists()
+
+
+def test_an_mlmodel_pointing_outside_its_artifact_is_refused(
+    traffic: Traffic, versions: dict[str, str]
+) -> None:
+    registry = Registry.from_settings(traffic.settings)
+    text = registry.load("1").text
+    planted = _plant(registry, text.encode(), like="1", data="../../../../etc/hostname")
+    with pytest.raises(UnsafeModel, match="points outside the artifact"):
+        registry.load(planted)
 
 
 def test_an_artifact_changed_after_registration_is_refused(

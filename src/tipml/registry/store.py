@@ -279,7 +279,12 @@ class Registry:
             folder = self._artifact_dir(version, Path(tmp))
             try:
                 meta = yaml.safe_load((folder / "MLmodel").read_text())
-                data = folder / str(meta["flavors"]["lightgbm"]["data"])
+                data = (folder / str(meta["flavors"]["lightgbm"]["data"])).resolve()
+                if not data.is_relative_to(folder.resolve()):
+                    raise UnsafeModel(
+                        f"{self.name} version {version}: its MLmodel points outside the "
+                        "artifact; not loaded"
+                    )
                 raw = data.read_bytes()
             except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
                 raise UnsafeModel(
