@@ -68,7 +68,7 @@ def demo(
         ),
     ] = True,
     learn_duration: Annotated[
-        float, typer.Option(help="Seconds of fresh traffic per learning phase.")
+        float, typer.Option(help="Seconds of /score traffic per learning phase (3 phases).")
     ] = 30.0,
 ) -> None:
     """Start the whole system on embedded defaults and drive it with the simulator."""

@@ -1,9 +1,10 @@
-"""The demo's learning loop, end to end against the running service: train a first ranker
-from the traffic so far, register it with its card and put it in shadow; drive fresh traffic
-(served by the baseline, shadow-scored by the model); compare the two on that traffic; promote
-the model; drive the same fresh traffic again, now ranked by the model. The simulator knows
-each user's true reaction probabilities, so both phases report the *expected* reward of the
-tip each ranker put first — the comparison has no sampling noise from the reactions."""
+"""The demo's learning loop, end to end against the running service: drive /score traffic to
+learn from, train a first ranker from the log, register it with its card and put it in
+shadow; drive fresh traffic (served by the baseline, shadow-scored by the model); compare the
+two on that traffic; promote the model; drive the same fresh traffic again, now ranked by the
+model. The simulator knows each user's true reaction probabilities, so both phases report the
+*expected* reward of the tip each ranker put first — the comparison has no sampling noise
+from the reactions."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tipml.settings import load_settings
 from tipml.sim.driver import Driver, DriveReport
 
 FRESH_SEED = 1013  # the fresh traffic of both phases: same users, candidates and clock
+COLLECT_SEED = 2027  # the traffic the model learns from: other draws of the same users
 
 
 async def _wait_registry(base_url: str, needle: str, timeout_s: float = 30) -> str:
@@ -58,6 +60,7 @@ async def _phase(
     concurrency: int,
     data_dir: Path,
     steps: int | None = None,
+    seed: int = FRESH_SEED,
 ) -> DriveReport:
     settings = load_settings(data_dir=data_dir)
     url = running_url(settings)
@@ -68,9 +71,7 @@ async def _phase(
     async def publish(subject: str, payload: dict[str, object], msg_id: str) -> None:
         await bus.js.publish(subject, orjson.dumps(payload), headers={"Nats-Msg-Id": msg_id})
 
-    driver = Driver(
-        base_url, token, users=users, events=publish, generate_every=10**9, seed=FRESH_SEED
-    )
+    driver = Driver(base_url, token, users=users, events=publish, generate_every=10**9, seed=seed)
     try:
         return await driver.run(duration, concurrency=concurrency, max_steps=steps)
     finally:
@@ -98,6 +99,11 @@ def learn(
     from tipml.pipelines.shadow import shadow_report
 
     settings = load_settings(data_dir=data_dir)
+    # /score-only traffic to learn from: the first part of the demo spends most of its time
+    # waiting for generated tips, which leaves a few hundred ranking decisions — too few to
+    # hold out a fifth and measure calibration on
+    progress(f"collecting {duration:g} s of /score traffic to learn from")
+    asyncio.run(_phase(base_url, token, users, duration, concurrency, data_dir, seed=COLLECT_SEED))
     asyncio.run(_wait_archived(base_url))
     # The simulated users react at once, so the demo need not wait the reaction window out.
     trained = train_flow(
