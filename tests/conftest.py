@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,10 @@ import yaml
 from fastapi.testclient import TestClient
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+# Prefect's temporary server keeps its run history here, not in ~/.prefect or a data dir
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tipml-prefect-"))
+# its temporary server logs its stop at exit, after pytest has closed the captured streams
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from tipml.events.bus import EmbeddedNats
 from tipml.net import free_port

@@ -13,7 +13,8 @@ from tests.learning.conftest import Traffic
 from tipml.domain.rewards import DEFAULT_REWARDS, RewardTable
 from tipml.pipelines.dataset import DatasetError, DatasetSpec, build_training_set
 from tipml.pipelines.evaluate import GateConfig, auc, ece, log_loss, ndcg_at_k
-from tipml.pipelines.flows import GateFailed, fit_and_evaluate, train_flow
+from tipml.pipelines.flows import GateFailed, train_flow
+from tipml.pipelines.steps import fit_and_evaluate
 from tipml.pipelines.train import TrainParams, train
 
 LATER = datetime.now(UTC) + timedelta(days=1)  # every decision's wait has passed

@@ -50,6 +50,11 @@ def test_only_the_registry_store_imports_mlflow() -> None:
     assert importers == {"registry/store.py"}
 
 
+def test_only_the_flows_module_imports_prefect() -> None:
+    importers = {str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if "prefect" in _imports_of(p)}
+    assert importers == {"pipelines/flows.py"}
+
+
 def test_nothing_in_src_imports_the_notebooks() -> None:
     for path in SRC.rglob("*.py"):
         assert "notebooks" not in _imports_of(path), path

@@ -119,7 +119,12 @@ def demo(
         _print_report(report, percentile)
         _print_loop(loop)
         if learn:
+            import os
+
             from tipml.sim.learn import learn as learn_loop
+
+            # the status line shows the flow's steps; Prefect's own run log would interleave
+            os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
             console.print("\n[bold]the learning loop[/]: train → shadow → promote")
             try:

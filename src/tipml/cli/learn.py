@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tipml.cli.app import app, console, fail, settings
+from tipml.cli.app import app, fail, settings
 from tipml.errors import TipmlError
 
 registry_app = typer.Typer(
@@ -44,12 +44,35 @@ def train_command(
         bool, typer.Option(help="Register a model that passes the gates as challenger.")
     ] = True,
     shadow: Annotated[bool, typer.Option(help="Also point the 'shadow' alias at it.")] = True,
+    gates: Annotated[
+        str | None,
+        typer.Option(
+            help='Gate overrides as JSON, e.g. \'{"min_auc": 0.6, "max_gap": {"auc": 0.1}}\'.'
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve",
+            help="Register a scheduled deployment on the Prefect server at PREFECT_API_URL "
+            "and run its scheduled runs here until interrupted.",
+        ),
+    ] = False,
+    cron: Annotated[
+        str | None, typer.Option(help="With --serve: the schedule, e.g. '0 3 * * *'.")
+    ] = None,
+    interval_s: Annotated[
+        float | None, typer.Option(help="With --serve: run every N seconds instead.")
+    ] = None,
+    deployment: Annotated[str, typer.Option(help="With --serve: the deployment's name.")] = (
+        "nightly"
+    ),
 ) -> None:
     """Compact the archive, build the training set, train LightGBM, evaluate it against the
-    gates and the champion, and register it as challenger (and shadow)."""
+    gates and the champion, and register it as challenger (and shadow) — the Prefect flow
+    ``tipml-train``, run here (or, with --serve, on a schedule)."""
     from tipml.pipelines.dataset import DatasetSpec
-    from tipml.pipelines.flows import train_flow
 
     config = settings()
     spec = DatasetSpec(
@@ -58,17 +81,75 @@ def train_command(
         wait_s=wait_s,
         default_reward=default_reward,
     )
+    overrides = _gates(gates)
+    if serve:
+        _serve(spec, overrides, register, shadow, cron, interval_s, deployment)
+        return
+    from tipml.pipelines.evaluate import GateConfig
+    from tipml.pipelines.flows import train_flow
+
     try:
-        with console.status("training") as status:
-            result = train_flow(
-                config, spec=spec, register=register, shadow=shadow, progress=status.update
-            )
+        result = train_flow(
+            config,
+            spec=spec,
+            gates=GateConfig.from_dict(overrides),
+            register=register,
+            shadow=shadow,
+        )
     except TipmlError as exc:
         fail(exc)
     if as_json:
         sys.stdout.write(orjson.dumps(result.as_dict()).decode() + "\n")
         return
     print_training(result.as_dict())
+
+
+def _gates(raw: str | None) -> dict[str, Any]:
+    from tipml.pipelines.evaluate import GateConfig
+
+    try:
+        overrides = orjson.loads(raw) if raw else {}
+        if not isinstance(overrides, dict):
+            raise TipmlError("--gates: a JSON object of gate settings")
+        GateConfig.from_dict(overrides)
+    except orjson.JSONDecodeError as exc:
+        fail(TipmlError(f"--gates: not JSON ({exc})"))
+    except (TipmlError, TypeError) as exc:
+        fail(exc if isinstance(exc, TipmlError) else TipmlError(f"--gates: {exc}"))
+    return overrides
+
+
+def _serve(
+    spec: Any,
+    gates: dict[str, Any],
+    register: bool,
+    shadow: bool,
+    cron: str | None,
+    interval_s: float | None,
+    name: str,
+) -> None:
+    import os
+
+    if (cron is None) == (interval_s is None):
+        fail(TipmlError("--serve needs exactly one of --cron and --interval-s"))
+    if not os.environ.get("PREFECT_API_URL"):
+        fail(
+            TipmlError(
+                "--serve needs a Prefect server: start one (prefect server start) and set "
+                "PREFECT_API_URL=http://127.0.0.1:4200/api"
+            )
+        )
+    from tipml.pipelines.flows import serve_train
+
+    parameters = deployment_parameters(spec, register, shadow, gates)
+    serve_train(name=name, cron=cron, interval_s=interval_s, parameters=parameters)
+
+
+def deployment_parameters(
+    spec: Any, register: bool, shadow: bool, gates: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON parameters a scheduled run gets (its settings come from the environment)."""
+    return {"spec": spec.as_dict(), "gates": gates or {}, "register": register, "shadow": shadow}
 
 
 def print_training(result: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,19 @@ class DatasetSpec:
         for key in ("start", "end"):
             out[key] = out[key].isoformat() if out[key] else None
         return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DatasetSpec:
+        """The inverse of ``as_dict`` (a deployment's JSON parameters)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise DatasetError(f"spec: unknown field(s) {unknown}; known: {sorted(names)}")
+        values = dict(raw)
+        for key in ("start", "end"):
+            if isinstance(values.get(key), str):
+                values[key] = datetime.fromisoformat(values[key])
+        return cls(**values)
 
 
 @dataclass

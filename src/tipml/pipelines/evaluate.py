@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from tipml.errors import TipmlError
 from tipml.experiments import ope
 from tipml.pipelines.dataset import POSITIVE_REWARD, TrainingSet
 from tipml.pipelines.skew import rebuild_matrix
@@ -126,6 +127,16 @@ class GateConfig:
         out = asdict(self)
         out["max_gap"] = dict(self.max_gap)
         return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> GateConfig:
+        """Defaults overridden by ``raw`` (``tipml train --gates``, a deployment's JSON);
+        an unknown key is refused by name."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise TipmlError(f"gates: unknown key(s) {unknown}; known: {sorted(names)}")
+        return cls(**dict(raw))
 
 
 @dataclass(frozen=True)

@@ -1,151 +1,194 @@
-"""The learning loop's jobs: ``train`` (compact → training set → train → evaluate → register
-the challenger → put it in shadow) and ``promote``.
+"""The learning loop as Prefect 3 flows: ``tipml-train`` (compact → training set → train →
+evaluate → register the challenger → put it in shadow) and ``tipml-promote``.
 
-Each step is a plain function of its inputs, so the flow runs in process (``tipml train``,
-with progress) and every step is testable alone. A step that finds the data unusable raises a
-``TipmlError`` with a one-line reason and nothing is registered.
+They run in process by default: with no ``PREFECT_API_URL``, Prefect starts its own temporary
+server for the run's states (its SQLite file under ``<data_dir>/prefect``), and ``tipml train``
+shows each task as it runs. With ``PREFECT_API_URL`` pointing at a Prefect server the runs
+appear there, and ``tipml train --serve --cron '0 3 * * *'`` registers a scheduled deployment
+and runs it (``serving/README.md``). The steps themselves are plain functions in
+``pipelines/steps.py``; this is the only module that imports prefect (a test checks).
 """
 
 from __future__ import annotations
 
-import getpass
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
-import numpy as np
 
-from tipml.errors import TipmlError
-from tipml.pipelines.dataset import DatasetSpec, TrainingSet, build_training_set
-from tipml.pipelines.evaluate import EvaluationReport, GateConfig, evaluate_model, time_split
-from tipml.pipelines.train import TrainedModel, TrainParams, train
+def _prefect_defaults() -> None:
+    """Prefect reads its settings at import: keep its state beside tipml's, never phone home,
+    and give its temporary server time to start on a busy 2-core machine."""
+    home = Path(os.environ.get("TIPML_DATA_DIR", ".tipml")).absolute() / "prefect"
+    if "PREFECT_HOME" not in os.environ:
+        home.mkdir(parents=True, exist_ok=True)
+    for key, value in {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the server's usage reports
+        "DO_NOT_TRACK": "1",  # the client's
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    }.items():
+        os.environ.setdefault(key, value)
 
+
+_prefect_defaults()
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.states import Failed  # noqa: E402
+
+from tipml.errors import TipmlError  # noqa: E402
+from tipml.pipelines import steps  # noqa: E402
+from tipml.pipelines.dataset import DatasetError, DatasetSpec, TrainingSet  # noqa: E402
+from tipml.pipelines.evaluate import EvaluationReport, GateConfig  # noqa: E402
+from tipml.pipelines.steps import GateFailed, TrainResult  # noqa: E402
+from tipml.pipelines.train import TrainedModel, TrainParams  # noqa: E402
+
+__all__ = ["GateFailed", "TrainResult", "promote_flow", "train_flow"]
 Progress = Callable[[str], None]
-DEFAULT_SPEC, DEFAULT_PARAMS, DEFAULT_GATES = DatasetSpec(), TrainParams(), GateConfig()
 
 
-class GateFailed(TipmlError):
-    code = "gate_failed"
+# the tasks pass training sets and boosters in memory: nothing to cache or persist
+@task(name="compact-archive", cache_policy=NO_CACHE, persist_result=False)
+def compact_task(settings: Any) -> int:
+    return steps.compact_archive(settings)
 
 
-@dataclass
-class TrainResult:
-    dataset: dict[str, Any]
-    evaluation: dict[str, Any]
-    version: str | None = None  # the registered version (None: a gate failed)
-    aliases: dict[str, str] = field(default_factory=dict)
-    model: TrainedModel | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "aliases": self.aliases,
-            "dataset": self.dataset,
-            "evaluation": self.evaluation,
-        }
+@task(name="build-training-set", cache_policy=NO_CACHE, persist_result=False)
+def dataset_task(
+    settings: Any, spec: DatasetSpec, as_of: datetime | None
+) -> TrainingSet | DatasetError:
+    """A log that cannot make a training set is this task's answer, not its failure: the flow
+    ends Failed with the one-line reason, and no traceback fills the run's log."""
+    try:
+        return steps.build_dataset(settings, spec, as_of)
+    except DatasetError as exc:
+        return exc
 
 
-def fit_and_evaluate(
-    ts: TrainingSet,
-    params: TrainParams,
-    gates: GateConfig,
-    *,
-    dask_scheduler: str | None = None,
+@task(name="train-and-evaluate", cache_policy=NO_CACHE, persist_result=False)
+def fit_task(
+    ts: TrainingSet, params: TrainParams, gates: GateConfig, dask_scheduler: str | None
 ) -> tuple[TrainedModel, EvaluationReport]:
-    train_rows, _ = time_split(ts, gates.holdout)
-    test_rows = ~train_rows
-    for part, rows in (("training", train_rows), ("held-out", test_rows)):
-        if rows.sum() == 0:
-            raise TipmlError(f"the {part} split is empty: too few decision times to split")
-    model = train(ts.x[train_rows], ts.y[train_rows], params, dask_scheduler=dask_scheduler)
-    booster = model.booster()
-    cols = [ts.feature_names.index(n) for n in model.feature_names]
-
-    def predict(x: np.ndarray[Any, np.dtype[np.float64]]) -> np.ndarray[Any, np.dtype[np.float64]]:
-        return np.asarray(booster.predict(x[:, cols], num_threads=1), dtype=np.float64)
-
-    return model, evaluate_model(ts, predict, test_rows, gates)
+    return steps.fit_and_evaluate(ts, params, gates, dask_scheduler=dask_scheduler)
 
 
-def train_flow(
+@task(name="register-challenger", cache_policy=NO_CACHE, persist_result=False)
+def register_task(
     settings: Any,
-    *,
-    spec: DatasetSpec = DEFAULT_SPEC,
-    params: TrainParams = DEFAULT_PARAMS,
-    gates: GateConfig = DEFAULT_GATES,
+    ts: TrainingSet,
+    model: TrainedModel,
+    report: EvaluationReport,
+    params: TrainParams,
+    shadow: bool,
+) -> tuple[str, dict[str, str]]:
+    return steps.register_challenger(settings, ts, model, report, params, shadow=shadow)
+
+
+def _settings(settings: Any) -> Any:
+    if settings is not None:
+        return settings
+    from tipml.settings import load_settings
+
+    return load_settings()
+
+
+@flow(name="tipml-train", persist_result=False, validate_parameters=False)
+def train_flow(
+    settings: Any = None,
+    spec: DatasetSpec | dict[str, Any] | None = None,
+    params: TrainParams | None = None,
+    gates: GateConfig | dict[str, Any] | None = None,
     register: bool = True,
     shadow: bool = True,
-    progress: Progress = lambda _: None,
-    as_of: datetime | None = None,
+    as_of: datetime | str | None = None,
+    progress: Progress | None = None,
 ) -> TrainResult:
-    """``as_of``: the time whose passed waits decide which decisions are labelled (now)."""
-    from tipml.domain.rewards import RewardTable
-    from tipml.events.archive import compact
+    """Train a ranker on the decision log and register it as challenger (and shadow) if it
+    passes the gates. ``settings`` None: from the environment (a deployment's runs);
+    ``as_of``: the time whose passed waits decide which decisions are labelled (now)."""
+    log = get_run_logger()
 
-    progress("compacting the archive")
-    compact(settings.data_dir / "offline")
-    progress("building the training set")
-    ts = build_training_set(
-        settings.data_dir / "offline", RewardTable(settings.rewards), spec, as_of=as_of
-    )
-    progress(f"training on {ts.n} rows ({ts.window[0]} → {ts.window[1]})")
-    model, report = fit_and_evaluate(ts, params, gates, dask_scheduler=settings.dask_scheduler)
+    def say(message: str) -> None:
+        log.info(message)
+        if progress is not None:
+            progress(message)
+
+    config = _settings(settings)
+    if isinstance(as_of, str):  # a deployment run's JSON parameters
+        as_of = datetime.fromisoformat(as_of)
+    if isinstance(spec, dict):
+        spec = DatasetSpec.from_dict(spec)
+    spec, params = spec or steps.DEFAULT_SPEC, params or steps.DEFAULT_PARAMS
+    if isinstance(gates, dict):
+        gates = GateConfig.from_dict(gates)
+    gates = gates or steps.DEFAULT_GATES
+    say("compacting the archive")
+    compact_task(config)
+    say("building the training set")
+    ts = dataset_task(config, spec, as_of)
+    if isinstance(ts, DatasetError):
+        return _refused(ts)
+    say(f"training on {ts.n} rows ({ts.window[0]} → {ts.window[1]})")
+    model, report = fit_task(ts, params, gates, config.dask_scheduler)
     result = TrainResult(ts.summary(), report.as_dict(), model=model)
     if not report.passed:
-        raise GateFailed(f"not registered: {report.reason()}")
+        return _refused(GateFailed(f"not registered: {report.reason()}"))
     if not register:
         return result
-    from tipml.registry.cards import ModelCard
-    from tipml.registry.store import Registry
-
-    progress("registering the challenger")
-    registry = Registry.from_settings(settings)
-    card = ModelCard(
-        name=registry.name,
-        version="",
-        sha256="",
-        training_window=ts.window,
-        training_set_hash=ts.content_hash,
-        training_rows=int(report.rows["train"]),
-        metrics=report.metrics,
-        fairness=report.fairness,
-        gaps=report.gaps,
-        ope=report.ope,
-        params=params.as_dict(),
-        inputs=ModelCard.inputs_for(model.feature_names),
-    )
-    cols = [ts.feature_names.index(n) for n in model.feature_names]
-    version = registry.register(
-        model.text, model.feature_names, card, params=params.as_dict(), example=ts.x[:5, cols]
-    )
-    who = _who()
-    registry.set_alias("challenger", version, by=who, reason="passed the evaluation gates")
-    if shadow:
-        registry.set_alias(
-            "shadow", version, by=who, reason="new challenger: shadow on live traffic"
-        )
-    result.version = version
-    result.aliases = registry.aliases()
+    say("registering the challenger")
+    result.version, result.aliases = register_task(config, ts, model, report, params, shadow)
+    say(f"registered version {result.version}: {result.aliases}")
     return result
 
 
+def _refused(exc: TipmlError) -> TrainResult:
+    """End the run Failed with the refusal's one line (the caller gets the exception raised;
+    ``return_state=True`` gets the state)."""
+    get_run_logger().error("%s", exc.detail)
+    # a flow that returns a state ends in it; callers see the exception, never the state
+    return cast(TrainResult, Failed(message=f"{exc.code}: {exc.detail}", data=exc))
+
+
+@flow(name="tipml-promote", persist_result=False, validate_parameters=False)
 def promote_flow(
-    settings: Any, version: str, *, to: str = "champion", reason: str, by: str | None = None
+    settings: Any, version: str, to: str = "champion", reason: str = "", by: str | None = None
 ) -> dict[str, Any]:
-    from tipml.registry.store import Registry
-
-    registry = Registry.from_settings(settings)
-    event = registry.set_alias(to, version, by=by or _who(), reason=reason)
-    if to == "champion" and registry.aliases().get("shadow") == event.version:
-        registry.set_alias(
-            "shadow", None, by=by or _who(), reason=f"promoted to champion: {reason}"
-        )
-    return {"alias": to, "version": event.version, "previous": event.previous}
+    """Move alias ``to`` to ``version`` with a reason, appended to the rollout history."""
+    moved = steps.promote(_settings(settings), version, to=to, reason=reason, by=by)
+    get_run_logger().info(
+        "%s: version %s (was %s)", moved["alias"], moved["version"], moved["previous"]
+    )
+    return moved
 
 
-def _who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+def serve_train(
+    *, name: str, cron: str | None, interval_s: float | None, parameters: dict[str, Any]
+) -> None:
+    """Register ``tipml-train/<name>`` on the Prefect server at ``PREFECT_API_URL`` with a
+    schedule and run its scheduled runs in this process until interrupted."""
+    train_flow.serve(
+        name=name,
+        cron=cron,
+        interval=interval_s,
+        parameters=parameters,
+        description="Train a ranker on the decision log; register it as challenger + shadow.",
+        tags=["tipml", "learning-loop"],
+    )
+
+
+def deployment(
+    *, name: str, cron: str | None, interval_s: float | None, parameters: dict[str, Any]
+) -> Any:
+    """The deployment ``serve_train`` registers (``RunnerDeployment``), for inspection and
+    ``apply()`` without serving."""
+    return train_flow.to_deployment(
+        name=name,
+        cron=cron,
+        interval=interval_s,
+        parameters=parameters,
+        description="Train a ranker on the decision log; register it as challenger + shadow.",
+        tags=["tipml", "learning-loop"],
+    )
