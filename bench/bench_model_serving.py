@@ -105,7 +105,9 @@ def rows_for_peer(names: list[str]) -> list[bytes]:
     return out
 
 
-async def load_peer(url: str, bodies: list[bytes], rate: float, duration: float) -> dict[str, Any]:
+async def load_peer(
+    url: str, bodies: list[bytes], rate: float, duration: float, warmup_s: float = 0.0
+) -> dict[str, Any]:
     headers = {"content-type": "application/json"}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
@@ -120,6 +122,8 @@ async def load_peer(url: str, bodies: list[bytes], rate: float, duration: float)
                 return False
             return r.status_code == 200
 
+        if warmup_s > 0:  # the same treatment as tipml's
+            await open_loop(send, rate, warmup_s)
         latencies, errors, elapsed = await open_loop(send, rate, duration)
     return {
         "target_rps": rate,
@@ -173,6 +177,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--duration", type=float, default=20)
+    parser.add_argument(
+        "--warmup", type=float, default=10, help="seconds at the rate first, not measured"
+    )
     args = parser.parse_args()
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -196,7 +203,9 @@ def main() -> None:
             proc = start_service(port, token, {**base, "TIPML_SHADOW": shadow})
             try:
                 results[label] = asyncio.run(
-                    load_score(f"http://127.0.0.1:{port}", token, args.rate, args.duration)
+                    load_score(
+                        f"http://127.0.0.1:{port}", token, args.rate, args.duration, args.warmup
+                    )
                 )
             finally:
                 proc.terminate()
@@ -206,7 +215,11 @@ def main() -> None:
         try:
             results["mlflow_models_serve"] = asyncio.run(
                 load_peer(
-                    f"http://127.0.0.1:{port}", rows_for_peer(names), args.rate, args.duration
+                    f"http://127.0.0.1:{port}",
+                    rows_for_peer(names),
+                    args.rate,
+                    args.duration,
+                    args.warmup,
                 )
             )
         finally:

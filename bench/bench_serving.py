@@ -82,7 +82,11 @@ def score_body(i: int) -> dict[str, Any]:
     }
 
 
-async def load_score(base_url: str, token: str, rate: float, duration: float) -> dict[str, Any]:
+async def load_score(
+    base_url: str, token: str, rate: float, duration: float, warmup_s: float = 0.0
+) -> dict[str, Any]:
+    """``warmup_s``: that long at ``rate`` first, not measured (a fresh service's first seconds
+    carry start-up work: the first registry poll, JetStream files, caches)."""
     bodies = [json.dumps(score_body(i)).encode() for i in range(50)]
     headers = {"Authorization": f"Bearer {token}", "content-type": "application/json"}
     total = int(rate * duration)
@@ -98,6 +102,8 @@ async def load_score(base_url: str, token: str, rate: float, duration: float) ->
                 return False
             return resp.status_code == 200
 
+        if warmup_s > 0:
+            await open_loop(send, rate, warmup_s)
         latencies, errors, elapsed = await open_loop(send, rate, duration)
         server = server_side_quantiles((await client.get("/metrics")).text, "/score")
     return {

@@ -119,8 +119,6 @@ def demo(
         _print_report(report, percentile)
         _print_loop(loop)
         if learn:
-            import os
-
             from tipml.sim.learn import learn as learn_loop
 
             # the status line shows the flow's steps; Prefect's own run log would interleave

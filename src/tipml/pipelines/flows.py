@@ -27,7 +27,7 @@ def _prefect_defaults() -> None:
     for key, value in {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the server's usage reports
-        "DO_NOT_TRACK": "1",  # the client's
+        "DO_NOT_TRACK": "true",  # the client's (MLflow too reads it, as "true")
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     }.items():
         os.environ.setdefault(key, value)

@@ -111,6 +111,9 @@ class VersionInfo:
 class Registry:
     def __init__(self, uri: str, artifact_root: Path, name: str = MODEL_NAME) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        # MLflow 3 reports usage to mlflow-telemetry.io from a background thread unless told
+        # not to: nothing in tipml reaches the internet
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # before mlflow is imported
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

@@ -126,7 +126,17 @@ async def score(
     except TimeoutError:
         online = None
         runtime.metrics.score_online_missing.inc()
-    return runtime.score_service.score(body, defer=background.add_task, online=online)
+    return runtime.score_service.score(
+        body, defer=lambda work: background.add_task(_after_response, work), online=online
+    )
+
+
+async def _after_response(work: Callable[[], None]) -> None:
+    """Run ``work`` on the event loop once the response is sent. A coroutine: FastAPI would
+    hand a plain function to a worker thread, and that hop per request (GIL hand-offs among
+    the pool's threads) cost more than the work — the shadow's predict of 100 rows and the
+    decision record, ~0.2 ms."""
+    work()
 
 
 @router.post(
