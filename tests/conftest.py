@@ -4,12 +4,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from fastapi.testclient import TestClient
@@ -183,3 +185,43 @@ def client(tmp_path: Path, gateway_file: GatewayFile) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         wait_gateway(c)
         yield c
+
+
+@pytest.fixture
+def served(tmp_path: Path, gateway_file: GatewayFile) -> Iterator[str]:
+    """A real ``tipml serve`` (uvicorn) on a free port, on the session's nats-server with no
+    consumers, LiteLLM in front of the stub provider; yields its base URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIPML_")}
+    env.update(
+        TIPML_NATS_URL=os.environ["TIPML_NATS_URL"],  # the session's nats-server
+        TIPML_CONSUMERS="off",
+        TIPML_DATA_DIR=str(tmp_path / "data"),
+        TIPML_API_TOKENS=TOKEN,
+        TIPML_GATEWAY_CONFIG=str(gateway_file("ok")),
+        TIPML_LOG_REQUESTS="0",
+        TIPML_LOG_LEVEL="ERROR",
+    )
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tipml", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -8,6 +8,7 @@ from tipml.cli import (  # noqa: F401 - registers the commands
     experiments,
     features,
     learn,
+    loadtest,
     prompts,
     serve,
 )

@@ -95,9 +95,13 @@ class Driver:
         self, client: httpx.AsyncClient, route: str, body: dict[str, object], report: DriveReport
     ) -> dict[str, object] | None:
         started = time.perf_counter()
-        resp = await client.post(route, json=body, headers=self.headers)
-        elapsed = (time.perf_counter() - started) * 1000
         stats = report.routes[route]
+        try:
+            resp = await client.post(route, json=body, headers=self.headers)
+        except httpx.HTTPError:  # refused, reset, timed out: no answer (counted as status 0)
+            stats.errors[0] += 1
+            return None
+        elapsed = (time.perf_counter() - started) * 1000
         if resp.status_code != 200:
             stats.errors[resp.status_code] += 1
             return None
