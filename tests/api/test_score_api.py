@@ -203,3 +203,23 @@ def test_unknown_route_is_json_404(client: TestClient) -> None:
     data = err(client.get("/nope"), 404)
     assert data["error"] == "not_found"
     assert client.get("/score").status_code == 405
+
+
+def _stage_counts(metrics: str) -> dict[str, float]:
+    prefix = 'tipml_score_stage_seconds_count{stage="'
+    return {
+        line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+def test_every_score_stage_is_timed_once_per_request(client: TestClient) -> None:
+    from tipml.serving.metrics import SCORE_STAGES
+
+    for _ in range(3):
+        assert client.post("/score", json=body(5), headers=AUTH).status_code == 200
+    assert client.post("/score", json={"user_id": "u"}, headers=AUTH).status_code == 422
+    counts = _stage_counts(client.get("/metrics").text)
+    # a refused body reaches no stage: only the three answered requests are timed
+    assert counts == dict.fromkeys(SCORE_STAGES, 3.0)

@@ -5,6 +5,21 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# /score's stages in order (README: the per-stage budget): body parse + validation + auth,
+# the online-feature read, the feature matrix, the model, the policy (experiment + ranking),
+# the response objects, FastAPI's response validation + serialisation, and the decision record
+# (with the shadow's scores; after the response when a shadow is loaded)
+SCORE_STAGES = (
+    "parse_validate",
+    "online",
+    "features",
+    "model",
+    "policy",
+    "response",
+    "serialize",
+    "record",
+)
+
 _LATENCY_BUCKETS = (
     0.001,
     0.002,
@@ -80,6 +95,15 @@ class Metrics:
             buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000),
             registry=r,
         )
+        self.score_stage = Histogram(
+            "tipml_score_stage_seconds",
+            "Time of each /score stage: " + ", ".join(SCORE_STAGES) + ".",
+            ["stage"],
+            buckets=(5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25),
+            registry=r,
+        )
+        # bound once: labels() per observation would cost more than the stage it times
+        self.stage = {s: self.score_stage.labels(s) for s in SCORE_STAGES}
         self.score_online_missing = Counter(
             "tipml_score_online_missing",
             "/score calls whose read of the user's online features exceeded its budget.",

@@ -186,6 +186,7 @@ class ScoreService:
         known, or not read in time — the online columns are then missing). ``defer`` runs a
         callable after the response is sent: with a shadow model loaded, its scoring and the
         decision record go there."""
+        stage, started = self.metrics.stage, time.perf_counter()
         candidates = self._candidates(req)
         profile = _profile(req.profile_features, self._unknown, "/score")
         ts = req.context.ts if req.context else None
@@ -193,8 +194,11 @@ class ScoreService:
         snapshot = self.tip_stats.snapshot()
         seen = online_columns(online, time.time())
         x = feature_matrix(candidates, profile, hour, snapshot, seen)
+        mark = time.perf_counter()
+        stage["features"].observe(mark - started)
         scorer, shadow = self.scorer, self.shadow  # one of each per request, even mid-swap
         scores = scorer.score(x)
+        mark = _lap(stage["model"], mark)
         decision = self.router.decide(req.user_id) if self.router else NO_EXPERIMENT
         policy = self.policy if decision.value is None else self._policy_named(decision.value)
         uncertainty = Uncertainty(
@@ -202,6 +206,7 @@ class ScoreService:
             impressions=np.expm1(x[:, COLUMN["tip_log_impressions"]]),
         )
         ranking = policy.rank(scores, self.rng, uncertainty)
+        mark = _lap(stage["policy"], mark)
         k = min(req.k or len(candidates), len(candidates))
         # Values are already validated: build the response models without re-validating.
         score_list: list[float] = scores.tolist()
@@ -225,8 +230,10 @@ class ScoreService:
             variant=decision.variant,
         )
         rank_of = {i: r + 1 for r, i in enumerate(ranking.order.tolist())}
+        _lap(stage["response"], mark)
 
         def record() -> None:
+            began = time.perf_counter()
             shadow_log = None
             if shadow is not None:
                 try:
@@ -278,6 +285,7 @@ class ScoreService:
                     ],
                 },
             )
+            _lap(stage["record"], began)
 
         if shadow is not None and defer is not None:
             defer(record)  # after the response is sent: the shadow is off the response path
@@ -429,3 +437,10 @@ class GenerateService:
             },
         )
         return response
+
+
+def _lap(child: Any, since: float) -> float:
+    """Observe the time since ``since`` on a histogram child; the new mark."""
+    now = time.perf_counter()
+    child.observe(now - since)
+    return now

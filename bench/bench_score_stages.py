@@ -1,0 +1,148 @@
+"""Where a ``/score`` request's time goes: the per-stage budget, and a flame graph.
+
+    .venv/bin/python bench/bench_score_stages.py [--rate 200] [--duration 20] [--no-profile]
+
+``tipml serve`` with a trained model from the registry (``bench_model_serving.register_model``)
+and 100 candidates per request at a fixed arrival rate. The service times each stage of every
+``/score`` (``tipml_score_stage_seconds{stage}``: parse + validation + auth, the online read,
+the feature matrix, the model, the policy, the response objects, FastAPI's response validation
+and serialisation, the decision record); the benchmark reads the histograms before and after
+the measured window (warm-up excluded) and prints the mean per stage. With py-spy installed
+(dev extra) it also records the service during the window: ``bench/results/score-flame.svg``
+(open it in a browser) — issue 10's "profile first".
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from bench.bench_model_serving import STUB_GATEWAY, register_model
+from bench.bench_serving import load_score, start_service
+from bench.common import machine
+from tipml.serving.metrics import SCORE_STAGES
+from tipml.testing.stub_llm import free_port
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def stage_totals(metrics: str) -> dict[str, tuple[float, float]]:
+    """stage -> (sum of seconds, count) from a Prometheus text page."""
+    out: dict[str, list[float]] = {s: [0.0, 0.0] for s in SCORE_STAGES}
+    for line in metrics.splitlines():
+        for part, index in (("_sum", 0), ("_count", 1)):
+            prefix = f'tipml_score_stage_seconds{part}{{stage="'
+            if line.startswith(prefix):
+                out[line[len(prefix) :].split('"', 1)[0]][index] = float(line.rsplit(" ", 1)[1])
+    return {s: (v[0], v[1]) for s, v in out.items()}
+
+
+async def measure(base: str, token: str, rate: float, duration: float, warmup: float) -> Any:
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        await load_score(base, token, rate, warmup)  # not measured
+        before = stage_totals((await client.get("/metrics")).text)
+        load = await load_score(base, token, rate, duration)
+        after = stage_totals((await client.get("/metrics")).text)
+    stages = {}
+    for s in SCORE_STAGES:
+        total, count = after[s][0] - before[s][0], after[s][1] - before[s][1]
+        stages[s] = {"mean_us": round(total / count * 1e6, 1) if count else None, "n": count}
+    return load, stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=200)
+    parser.add_argument("--duration", type=float, default=20)
+    parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument("--no-profile", action="store_true")
+    args = parser.parse_args()
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    flame = RESULTS / "score-flame.svg"
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        (data_dir / "gateway.yaml").write_text(STUB_GATEWAY)
+        register_model(data_dir)
+        token = secrets.token_urlsafe(24)
+        env = {
+            "TIPML_DATA_DIR": str(data_dir),
+            "TIPML_SCORER": "registry",
+            "TIPML_REGISTRY_REQUIRE_MODEL": "1",
+            "TIPML_SHADOW": "0",
+            "TIPML_GATEWAY_CONFIG": str(data_dir / "gateway.yaml"),
+            "TIPML_LOCAL_LLM": "off",
+        }
+        port = free_port()
+        proc = start_service(port, token, env)
+        profiler = None
+        try:
+            if spy and not args.no_profile:
+                record = [spy, "record", "--pid", str(proc.pid), "--rate", "100"]
+                profiler = subprocess.Popen(
+                    [
+                        *record,
+                        "--duration",
+                        str(int(args.warmup + args.duration)),
+                        "-o",
+                        str(flame),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            base = f"http://127.0.0.1:{port}"
+            load, stages = asyncio.run(measure(base, token, args.rate, args.duration, args.warmup))
+            if profiler is not None:
+                profiler.wait(timeout=120)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    total = sum(v["mean_us"] or 0 for v in stages.values())
+    results = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "rate": args.rate,
+        "candidates": 100,
+        "load": load,
+        "stages": stages,
+        "stages_total_us": round(total, 1),
+        "flame_graph": flame.name if profiler is not None and flame.exists() else None,
+    }
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for name in (f"score-stages-{stamp}.json", "score-stages-latest.json"):
+        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    table = Table(
+        "stage", "mean µs", "share", title=f"/score stages at {args.rate:g} rps — {stamp}"
+    )
+    for s, v in stages.items():
+        mean = v["mean_us"] or 0.0
+        table.add_row(s, f"{mean:.0f}", f"{mean / total:.0%}" if total else "—")
+    table.add_row("sum of stages", f"{total:.0f}", "100%")
+    Console().print(table)
+    Console().print(
+        f"end to end (client): p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms at "
+        f"{load['achieved_rps']} rps; flame graph: {results['flame_graph'] or 'not recorded'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
