@@ -164,19 +164,25 @@ def promote_flow(
     return moved
 
 
+def _schedule(
+    name: str, cron: str | None, interval_s: float | None, parameters: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "cron": cron,
+        "interval": interval_s,
+        "parameters": parameters,
+        "description": "Train a ranker on the decision log; register it as challenger + shadow.",
+        "tags": ["tipml", "learning-loop"],
+    }
+
+
 def serve_train(
     *, name: str, cron: str | None, interval_s: float | None, parameters: dict[str, Any]
 ) -> None:
     """Register ``tipml-train/<name>`` on the Prefect server at ``PREFECT_API_URL`` with a
     schedule and run its scheduled runs in this process until interrupted."""
-    train_flow.serve(
-        name=name,
-        cron=cron,
-        interval=interval_s,
-        parameters=parameters,
-        description="Train a ranker on the decision log; register it as challenger + shadow.",
-        tags=["tipml", "learning-loop"],
-    )
+    train_flow.serve(**_schedule(name, cron, interval_s, parameters))
 
 
 def deployment(
@@ -184,11 +190,4 @@ def deployment(
 ) -> Any:
     """The deployment ``serve_train`` registers (``RunnerDeployment``), for inspection and
     ``apply()`` without serving."""
-    return train_flow.to_deployment(
-        name=name,
-        cron=cron,
-        interval=interval_s,
-        parameters=parameters,
-        description="Train a ranker on the decision log; register it as challenger + shadow.",
-        tags=["tipml", "learning-loop"],
-    )
+    return train_flow.to_deployment(**_schedule(name, cron, interval_s, parameters))
