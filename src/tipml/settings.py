@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(1, ge=1, le=5)
     stream_max_age_s: float = Field(30 * 86400, gt=0, description="Retention of event streams.")
     dlq_max_age_s: float = Field(90 * 86400, gt=0, description="Retention of dead letters.")
+    stream_max_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="Size limit of each stream (the oldest messages go first beyond it); the "
+        "server reserves it per stream and replica, so 4 streams need 4x on the server.",
+    )
     duplicate_window_s: float = Field(
         600, gt=0, description="Publishes with a Nats-Msg-Id seen within this window are dropped."
     )

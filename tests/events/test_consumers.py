@@ -21,6 +21,7 @@ from tipml.domain.records import kv_key
 from tipml.domain.rewards import RewardTable
 from tipml.domain.tips import TipStatsView
 from tipml.domain.users import apply_signals, empty_user_state, materialize
+from tipml.errors import ConfigError
 from tipml.events.bus import EmbeddedNats, provision
 from tipml.events.dlq import dead_letters, replay
 from tipml.events.handlers import SignalsHandler
@@ -89,6 +90,31 @@ async def test_redelivered_items_change_nothing(
     assert record is not None
     assert sum(len(base64.urlsafe_b64decode(ids)) for ids in record["d"].values()) == 3 * 8
     assert (await other.write("bob", [Item(13, events[0].event_id, events[0])])).applied == 0
+
+
+async def test_streams_are_bounded_by_size_as_well_as_age(
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path
+) -> None:
+    limit = 1 << 20
+    settings = events_settings(tmp_path, nats.url, stream_max_bytes=limit)
+    bus = await provision(nc, settings)
+    info = await bus.js.stream_info("DECISIONS")
+    assert info.config.max_bytes == limit
+    assert info.config.max_age == settings.stream_max_age_s
+    record = b"x" * 20_000  # a /score decision with 100 candidates
+    for i in range(150):  # 3 MB into a 1 MiB stream
+        await bus.js.publish(f"ml.decisions.score.d{i}", record)
+    info = await bus.js.stream_info("DECISIONS")
+    assert info.state.bytes <= limit
+    assert info.state.first_seq > 1  # the oldest went first
+    assert info.state.last_seq == 150
+    # a restart with another limit updates the stream in place
+    await provision(nc, events_settings(tmp_path, nats.url, stream_max_bytes=2 * limit))
+    assert (await bus.js.stream_info("DECISIONS")).config.max_bytes == 2 * limit
+    # more than the server can reserve: start-up stops naming the setting
+    huge = events_settings(tmp_path, nats.url, stream_max_bytes=1 << 50)
+    with pytest.raises(ConfigError, match=r"TIPML_STREAM_MAX_BYTES: the server cannot reserve"):
+        await provision(nc, huge)
 
 
 async def test_poison_event_is_dead_lettered_and_the_stream_flows_on(

@@ -24,7 +24,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServerError
 from nats.js.kv import KeyValue
 
 from tipml.errors import ConfigError
@@ -34,6 +34,7 @@ from tipml.settings import Settings
 log = logging.getLogger("tipml.bus")
 
 SIGNALS, FEEDBACK, DECISIONS, DLQ = "SIGNALS", "FEEDBACK", "DECISIONS", "DLQ"
+INSUFFICIENT_RESOURCES = (10028, 10047)  # JetStream: memory / storage resources exceeded
 STREAM_SUBJECTS = {
     SIGNALS: "signals.>",
     FEEDBACK: "feedback.>",
@@ -197,6 +198,8 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
                 retention=RetentionPolicy.LIMITS,
                 discard=DiscardPolicy.OLD,
                 max_age=settings.dlq_max_age_s if name == DLQ else settings.stream_max_age_s,
+                # ages alone do not bound the disk: a /score decision is ~20 KB at 100 candidates
+                max_bytes=settings.stream_max_bytes,
                 duplicate_window=settings.duplicate_window_s,
                 storage=storage,
                 num_replicas=settings.stream_replicas,
@@ -210,9 +213,19 @@ async def provision(nc: NATS, settings: Settings) -> Bus:
     js = nc.jetstream(timeout=10)
     for config in stream_configs(settings):
         try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.update_stream(config)  # exists with another configuration: update it
+            try:
+                await js.add_stream(config)
+            except BadRequestError:
+                await js.update_stream(config)  # exists with another configuration: update it
+        except ServerError as exc:
+            if exc.err_code not in INSUFFICIENT_RESOURCES:
+                raise
+            raise ConfigError(
+                f"TIPML_STREAM_MAX_BYTES: the server cannot reserve {settings.stream_max_bytes:,}"
+                f" bytes for stream {config.name} ({exc.description}); lower it or give the "
+                f"server more {settings.stream_storage} storage",
+                field="stream_max_bytes",
+            ) from None
     storage = StorageType.FILE if settings.stream_storage == "file" else StorageType.MEMORY
     for bucket in BUCKETS:
         try:
