@@ -73,8 +73,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--duration", type=float, default=20)
-    parser.add_argument("--warmup", type=float, default=10)
+    # 20 s: with --consumers-apart, `tipml consume` starts (imports, catch-up) in this time
+    parser.add_argument("--warmup", type=float, default=20)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--consumers-apart",
+        action="store_true",
+        help="run the consumers (archiver included) in a `tipml consume` process beside the "
+        "service (TIPML_CONSUMERS=off in it): the production layout",
+    )
     args = parser.parse_args()
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -91,11 +98,19 @@ def main() -> None:
             "TIPML_SHADOW": "0",
             "TIPML_GATEWAY_CONFIG": str(data_dir / "gateway.yaml"),
             "TIPML_LOCAL_LLM": "off",
+            "TIPML_CONSUMERS": "off" if args.consumers_apart else "inprocess",
         }
         port = free_port()
         proc = start_service(port, token, env)
-        profiler = None
+        profiler = consumers = None
         try:
+            if args.consumers_apart:  # joins the service's embedded nats-server (same data dir)
+                consumers = subprocess.Popen(
+                    [sys.executable, "-m", "tipml", "consume"],
+                    env={**os.environ, **env},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             if spy and not args.no_profile:
                 record = [spy, "record", "--pid", str(proc.pid), "--rate", "100"]
                 profiler = subprocess.Popen(
@@ -114,14 +129,17 @@ def main() -> None:
             if profiler is not None:
                 profiler.wait(timeout=120)
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            for p in (consumers, proc):
+                if p is not None:
+                    p.terminate()
+                    p.wait(timeout=30)
     total = sum(v["mean_us"] or 0 for v in stages.values())
     results = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "rate": args.rate,
         "candidates": 100,
+        "consumers": "apart" if args.consumers_apart else "in process",
         "load": load,
         "stages": stages,
         "stages_total_us": round(total, 1),
