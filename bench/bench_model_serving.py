@@ -1,19 +1,25 @@
-"""``/score`` with a trained, registered model vs the same model behind ``mlflow models serve``.
+"""``/score`` against the peers, all in one run: at a fixed rate, then at saturation.
 
-    .venv/bin/python bench/bench_model_serving.py [--rate 200] [--duration 20]
+    .venv/bin/python bench/bench_model_serving.py [--rate 200] [--duration 20] [--no-saturation]
 
-A LightGBM ranker is trained on a synthetic decision log (``bench_training.generate``),
-registered in an MLflow registry (SQLite) and made ``champion`` and ``shadow``. Then, at a
-fixed arrival rate (open loop: latency from each request's *scheduled* start), 100 candidates
-per request:
+A LightGBM ranker of 200 trees x 31 leaves is trained on a synthetic decision log
+(``bench_training.generate``), registered in an MLflow registry (SQLite) and made ``champion``
+and ``shadow``. Every system is driven by ``hey`` (4 connections, the load generator on the
+same machine), 100 candidates per request:
 
-1. ``tipml serve`` with ``TIPML_SCORER=registry`` — validation, the feature matrix, the model,
-   the ranking policy and the decision log, plus the shadow model's scores (``TIPML_SHADOW=1``);
-2. the same without the shadow (``TIPML_SHADOW=0``): the shadow's cost;
-3. the peer: ``mlflow models serve`` of the same registered version (``--env-manager local``),
-   sent the same 100 rows as a ``dataframe_split`` — the model alone, no features or logging.
+1. ``tipml serve`` with ``TIPML_SCORER=registry``: validation, online features, the feature
+   matrix, the model, the ranking policy and the decision log; once without and once with the
+   shadow model's scores (``TIPML_SHADOW``);
+2. the obvious FastAPI + booster (``bench/naive_booster.py``): parse 100 rows, predict, return;
+3. ``mlflow models serve`` of the same registered version (``--env-manager local``), sent the
+   same 100 rows as a ``dataframe_split`` — the model alone, no features or logging;
+4. the floors: a FastAPI no-op POST (same body as ``/score``) and tipml's ``/healthz``.
 
-Goal (issue 9): ``/score`` p99 ≤ 5 ms at 200 rps; the shadow adds ≤ 1 ms p99.
+Then the **saturation throughput** of tipml, the naive service and mlflow: the offered rate
+doubles from 100 rps (then bisects) and the capacity is the highest achieved rate whose p99
+stays ≤ 50 ms with ≥ 95 % of the offered rate achieved.
+
+Goals (issue 10): ``/score`` p99 ≤ 5 ms at 200 rps; capacity ≥ 3x mlflow, ≥ 1.5x the naive.
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import asyncio
 import json
 import os
 import secrets
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,17 +47,18 @@ from rich.table import Table
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from bench.bench_serving import load_score, score_body, start_service
+from bench.bench_serving import score_body, start_service
 from bench.bench_training import generate
-from bench.common import machine, open_loop, pct
+from bench.common import machine, pct
 from tipml.testing.stub_llm import IDLE_GATEWAY_YAML, free_port
 
 RESULTS = Path(__file__).parent / "results"
 STUB_GATEWAY = IDLE_GATEWAY_YAML
 
 
-def register_model(data_dir: Path) -> tuple[str, list[str]]:
-    """Train on a synthetic log, register, alias champion + shadow; the model's inputs."""
+def register_model(data_dir: Path) -> tuple[str, list[str], Path]:
+    """Train 200 trees x 31 leaves on a synthetic log, register, alias champion + shadow;
+    the version, the model's inputs and its text file (for the naive peer)."""
     from tipml.domain.rewards import RewardTable
     from tipml.pipelines.dataset import DatasetSpec, build_training_set
     from tipml.pipelines.train import TrainParams, train
@@ -63,7 +70,10 @@ def register_model(data_dir: Path) -> tuple[str, list[str]]:
     ts = build_training_set(
         root, RewardTable(), DatasetSpec(wait_s=600), as_of=datetime(2030, 1, 1, tzinfo=UTC)
     )
-    model = train(ts.x, ts.y, TrainParams())
+    params = TrainParams(num_boost_round=200, num_leaves=31)
+    model = train(ts.x, ts.y, params)
+    model_file = data_dir / "model.txt"
+    model_file.write_text(model.text)
     registry = Registry(f"sqlite:///{data_dir / 'mlflow.db'}", data_dir / "mlflow-artifacts")
     card = ModelCard(
         name=registry.name,
@@ -76,7 +86,7 @@ def register_model(data_dir: Path) -> tuple[str, list[str]]:
         fairness={},
         gaps={},
         ope={},
-        params=TrainParams().as_dict(),
+        params=params.as_dict(),
         inputs=ModelCard.inputs_for(model.feature_names),
     )
     cols = [ts.feature_names.index(n) for n in model.feature_names]
@@ -85,7 +95,7 @@ def register_model(data_dir: Path) -> tuple[str, list[str]]:
     )
     for alias in ("champion", "shadow"):
         registry.set_alias(alias, version, by="bench", reason="benchmark")
-    return version, list(model.feature_names)
+    return version, list(model.feature_names), model_file
 
 
 def rows_for_peer(names: list[str]) -> list[bytes]:
@@ -103,36 +113,6 @@ def rows_for_peer(names: list[str]) -> list[bytes]:
         data = [[None if np.isnan(v) else float(v) for v in row] for row in x]
         out.append(json.dumps({"dataframe_split": {"columns": names, "data": data}}).encode())
     return out
-
-
-async def load_peer(
-    url: str, bodies: list[bytes], rate: float, duration: float, warmup_s: float = 0.0
-) -> dict[str, Any]:
-    headers = {"content-type": "application/json"}
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
-        for i in range(50):
-            r = await client.post("/invocations", content=bodies[i % 50], headers=headers)
-            r.raise_for_status()
-
-        async def send(i: int) -> bool:
-            try:
-                r = await client.post("/invocations", content=bodies[i % 50], headers=headers)
-            except httpx.HTTPError:
-                return False
-            return r.status_code == 200
-
-        if warmup_s > 0:  # the same treatment as tipml's
-            await open_loop(send, rate, warmup_s)
-        latencies, errors, elapsed = await open_loop(send, rate, duration)
-    return {
-        "target_rps": rate,
-        "achieved_rps": round(len(latencies) / elapsed, 1),
-        "errors": errors,
-        "p50_ms": round(pct(latencies, 50), 2),
-        "p99_ms": round(pct(latencies, 99), 2),
-        "candidates": 100,
-    }
 
 
 def start_peer(port: int, data_dir: Path, version: str) -> subprocess.Popen[bytes]:
@@ -173,24 +153,150 @@ def start_peer(port: int, data_dir: Path, version: str) -> subprocess.Popen[byte
     raise SystemExit(f"mlflow models serve did not come up:\n{log}")
 
 
+def start_naive(port: int, model_file: Path, data_dir: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TIPML_NAIVE_MODEL": str(model_file)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.naive_booster:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=(data_dir / "naive.log").open("wb"),
+    )
+    _wait_up(f"http://127.0.0.1:{port}/docs", proc, data_dir / "naive.log")
+    return proc
+
+
+def _wait_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise SystemExit(f"{url} did not come up:\n{log.read_text()[-2000:]}")
+
+
+@dataclass
+class Target:
+    """One HTTP endpoint as ``hey`` drives it."""
+
+    url: str
+    body: Path | None = None
+    headers: tuple[str, ...] = ()
+
+    def hey(self, rate: float, duration: float, connections: int = 4) -> dict[str, Any]:
+        """``rate`` rps for ``duration`` s over ``connections`` (hey's rate is per
+        connection); per-request latencies from hey's CSV, so the percentiles are exact."""
+        per = max(rate / connections, 0.1)
+        cmd = ["hey", "-z", f"{duration}s", "-c", str(connections), "-q", f"{per:.2f}"]
+        cmd += ["-o", "csv", "-t", "10"]
+        for header in self.headers:
+            cmd += ["-H", header]
+        if self.body is not None:
+            cmd += ["-m", "POST", "-T", "application/json", "-D", str(self.body)]
+        out = subprocess.run([*cmd, self.url], capture_output=True, text=True, check=True)
+        latencies, errors, last = [], 0, 0.0
+        for line in out.stdout.splitlines()[1:]:
+            parts = line.split(",")
+            if len(parts) < 8:
+                continue
+            if parts[6] != "200":
+                errors += 1
+                continue
+            latencies.append(float(parts[0]) * 1000)
+            last = max(last, float(parts[7]) + float(parts[0]))
+        elapsed = max(last, duration)
+        return {
+            "offered_rps": rate,
+            "achieved_rps": round(len(latencies) / elapsed, 1),
+            "requests": len(latencies) + errors,
+            "errors": errors,
+            "p50_ms": round(pct(latencies, 50), 2),
+            "p99_ms": round(pct(latencies, 99), 2),
+            "p999_ms": round(pct(latencies, 99.9), 2),
+        }
+
+
+def saturation(target: Target, duration: float, ceiling: float = 3200) -> dict[str, Any]:
+    """The highest achieved rate whose p99 ≤ 50 ms with ≥ 95 % of the offered rate served:
+    double from 100 rps until a step fails, then bisect between the last good and the
+    failed rate (three steps). More connections than the fixed-rate rows (16), so the
+    service, not hey's per-connection pacing, is what saturates."""
+    steps: list[dict[str, Any]] = []
+
+    def ok(rate: float) -> bool:
+        r = target.hey(rate, duration, connections=16)
+        steps.append(r)
+        return r["errors"] == 0 and r["p99_ms"] <= 50 and r["achieved_rps"] >= 0.95 * rate
+
+    good, bad = 0.0, ceiling
+    rate = 100.0
+    while rate <= ceiling:
+        if not ok(rate):
+            bad = rate
+            break
+        good, rate = rate, rate * 2
+    for _ in range(3):
+        if bad - good < 25 or good == 0:
+            break
+        mid = (good + bad) / 2
+        if ok(mid):
+            good = mid
+        else:
+            bad = mid
+    passing = [
+        s
+        for s in steps
+        if s["errors"] == 0 and s["p99_ms"] <= 50 and s["achieved_rps"] >= 0.95 * s["offered_rps"]
+    ]
+    best = max((s["achieved_rps"] for s in passing), default=0.0)
+    return {"capacity_rps": best, "steps": steps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=200)
-    parser.add_argument("--duration", type=float, default=20)
+    parser.add_argument("--duration", type=float, default=20, help="seconds per fixed-rate row")
+    parser.add_argument("--step", type=float, default=8, help="seconds per saturation step")
     parser.add_argument(
         "--warmup", type=float, default=10, help="seconds at the rate first, not measured"
     )
+    parser.add_argument("--no-saturation", action="store_true")
     args = parser.parse_args()
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "goal": "/score p99 <= 5 ms at 200 rps with the trained model; shadow adds <= 1 ms p99",
+        "model": "LightGBM, 200 trees x 31 leaves",
+        "load": "hey, 4 connections at the fixed rate, 16 at saturation; same machine",
+        "goal": "/score p99 <= 5 ms at 200 rps; capacity >= 3x mlflow, >= 1.5x naive",
     }
+    procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         (data_dir / "gateway.yaml").write_text(STUB_GATEWAY)
-        version, names = register_model(data_dir)
+        version, names, model_file = register_model(data_dir)
         token = secrets.token_urlsafe(24)
+        auth = (f"Authorization: Bearer {token}",)
+        score_file = data_dir / "score.json"
+        score_file.write_text(json.dumps(score_body(0)))
+        rows = rows_for_peer(names)
+        (data_dir / "mlflow.json").write_bytes(rows[0])
+        (data_dir / "rows.json").write_text(
+            json.dumps({"rows": json.loads(rows[0])["dataframe_split"]["data"]})
+        )
         base = {
             "TIPML_DATA_DIR": str(data_dir),
             "TIPML_SCORER": "registry",
@@ -198,57 +304,85 @@ def main() -> None:
             "TIPML_GATEWAY_CONFIG": str(data_dir / "gateway.yaml"),
             "TIPML_LOCAL_LLM": "off",
         }
-        for label, shadow in (("tipml_with_shadow", "1"), ("tipml_no_shadow", "0")):
-            port = free_port()
-            proc = start_service(port, token, {**base, "TIPML_SHADOW": shadow})
-            try:
-                results[label] = asyncio.run(
-                    load_score(
-                        f"http://127.0.0.1:{port}", token, args.rate, args.duration, args.warmup
-                    )
-                )
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
-        port = free_port()
-        peer = start_peer(port, data_dir, version)
         try:
-            results["mlflow_models_serve"] = asyncio.run(
-                load_peer(
-                    f"http://127.0.0.1:{port}",
-                    rows_for_peer(names),
-                    args.rate,
-                    args.duration,
-                    args.warmup,
-                )
-            )
+            ports = {name: free_port() for name in ("tipml", "shadow", "naive", "mlflow")}
+            procs.append(start_service(ports["tipml"], token, {**base, "TIPML_SHADOW": "0"}))
+            procs.append(start_naive(ports["naive"], model_file, data_dir))
+            procs.append(start_peer(ports["mlflow"], data_dir, version))
+            targets = {
+                "tipml": Target(f"http://127.0.0.1:{ports['tipml']}/score", score_file, auth),
+                "naive": Target(
+                    f"http://127.0.0.1:{ports['naive']}/predict", data_dir / "rows.json"
+                ),
+                "mlflow": Target(
+                    f"http://127.0.0.1:{ports['mlflow']}/invocations", data_dir / "mlflow.json"
+                ),
+                "floor_noop": Target(f"http://127.0.0.1:{ports['naive']}/noop", score_file),
+                "floor_healthz": Target(f"http://127.0.0.1:{ports['tipml']}/healthz"),
+            }
+            for name, target in targets.items():
+                if args.warmup:
+                    target.hey(args.rate, args.warmup)
+                results[name] = target.hey(args.rate, args.duration)
+                Console().print(f"{name}: {results[name]}")
+            if not args.no_saturation:
+                for name in ("tipml", "naive", "mlflow"):
+                    results[f"{name}_saturation"] = saturation(targets[name], args.step)
+                    Console().print(f"{name}: {results[f'{name}_saturation']['capacity_rps']} rps")
+            procs.append(start_service(ports["shadow"], token, {**base, "TIPML_SHADOW": "1"}))
+            shadow = Target(f"http://127.0.0.1:{ports['shadow']}/score", score_file, auth)
+            if args.warmup:
+                shadow.hey(args.rate, args.warmup)
+            results["tipml_shadow"] = shadow.hey(args.rate, args.duration)
         finally:
-            peer.terminate()
-            peer.wait(timeout=30)
-    ours, peer_r = results["tipml_with_shadow"], results["mlflow_models_serve"]
-    results["p50_ratio_peer_over_tipml"] = round(peer_r["p50_ms"] / ours["p50_ms"], 2)
-    results["p99_ratio_peer_over_tipml"] = round(peer_r["p99_ms"] / ours["p99_ms"], 2)
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=30)
+    if not args.no_saturation:
+        ours = results["tipml_saturation"]["capacity_rps"]
+        for peer in ("naive", "mlflow"):
+            theirs = results[f"{peer}_saturation"]["capacity_rps"]
+            results[f"capacity_ratio_vs_{peer}"] = round(ours / theirs, 2) if theirs else None
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for name in (f"model-serving-{stamp}.json", "model-serving-latest.json"):
         (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
     table = Table(
-        "at 100 candidates", "rps", "errors", "p50 ms", "p99 ms", title=f"model serving — {stamp}"
+        f"at {args.rate:.0f} rps offered, 100 candidates",
+        "achieved",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "capacity (p99 ≤ 50 ms)",
+        title=f"model serving — {stamp}",
     )
     for label, key in (
-        ("tipml /score: trained model + shadow + features + decision log", "tipml_with_shadow"),
-        ("tipml /score without the shadow", "tipml_no_shadow"),
-        ("mlflow models serve (model only)", "mlflow_models_serve"),
+        ("tipml /score (registry model, features, policy, decision log)", "tipml"),
+        ("tipml /score + shadow model", "tipml_shadow"),
+        ("naive FastAPI + booster (parse rows, predict, return)", "naive"),
+        ("mlflow models serve (same model)", "mlflow"),
+        ("floor: FastAPI no-op POST", "floor_noop"),
+        ("floor: tipml /healthz", "floor_healthz"),
     ):
         r = results[key]
+        cap = results.get(f"{key}_saturation", {}).get("capacity_rps")
         table.add_row(
-            label, str(r["achieved_rps"]), str(r["errors"]), str(r["p50_ms"]), str(r["p99_ms"])
+            label,
+            str(r["achieved_rps"]),
+            str(r["errors"]),
+            str(r["p50_ms"]),
+            str(r["p99_ms"]),
+            str(r["p999_ms"]),
+            "" if cap is None else f"{cap} rps",
         )
     Console().print(table)
-    Console().print(
-        f"peer/tipml latency: p50 x{results['p50_ratio_peer_over_tipml']}, "
-        f"p99 x{results['p99_ratio_peer_over_tipml']}"
-    )
+    if not args.no_saturation:
+        Console().print(
+            f"capacity: tipml / naive x{results['capacity_ratio_vs_naive']}, "
+            f"tipml / mlflow x{results['capacity_ratio_vs_mlflow']}"
+        )
 
 
 if __name__ == "__main__":

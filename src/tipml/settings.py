@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     )
     model_path: Path | None = Field(None, description="LightGBM text model (scorer=lightgbm).")
     model_version: str | None = Field(None, description="Overrides the reported model_version.")
+    model_runtime: Literal["compiled", "lightgbm"] = Field(
+        "compiled",
+        description="How a LightGBM model is served: compiled to machine code by lleaves "
+        "(cached under TIPML_DATA_DIR/models/compiled; parity with LightGBM checked at load) "
+        "or LightGBM's own predict.",
+    )
 
     default_prompt_version: str = Field(
         "v1",
@@ -170,6 +176,12 @@ class Settings(BaseSettings):
     )
     online_timeout_s: float = Field(
         0.05, gt=0, description="Time budget of the online-feature read in /generate."
+    )
+    online_read: Literal["replica", "get"] = Field(
+        "replica",
+        description="How serving reads users' online features from JetStream KV: 'replica' "
+        "keeps the bucket in memory from its watch (no round trip per request; memory grows "
+        "with the users, ~0.5 KB each), 'get' asks the bucket per request.",
     )
     context_budget_chars: int = Field(
         600, ge=100, description="Prompt context budget (facts + recent signals), ~4 chars/token."

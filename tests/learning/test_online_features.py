@@ -139,6 +139,7 @@ def test_a_slow_online_read_scores_without_the_online_columns(
         nats_url=module_nats.url,
         consumers="inprocess",
         score_online_timeout_s=1e-6,  # no KV get answers this fast
+        online_read="get",  # the replica (default) has no read to time out
     )
     with TestClient(create_app(settings)) as client:
         wait_gateway(client)

@@ -59,6 +59,11 @@ class _Watch:
     bucket: str
     view: Callable[[dict[str, Any]], None]
     convert: Callable[[Any], Any]
+    # in place: ``replica`` is the live dict once the watch has caught up with the bucket,
+    # every later update applied to it (a large bucket, never copied), None while the watch
+    # (re)starts; otherwise ``view`` gets a new snapshot after each burst of updates
+    in_place: bool = False
+    replica: dict[str, Any] | None = None
     count: int = 0  # keys in the view
     task: asyncio.Task[None] | None = None
     live: bool = False
@@ -78,6 +83,7 @@ class EventsRuntime:
         policy_view: StateView | None = None,
         factories: Mapping[str, HandlerFactory] | None = None,
         name: str = "tipml",
+        user_replica: bool = False,
     ) -> None:
         self.settings = settings
         self.metrics = EventMetrics(registry)
@@ -98,6 +104,13 @@ class EventsRuntime:
             self.watches.append(
                 _Watch("policy_view", POLICIES_BUCKET, policy_view.replace, lambda s: s)
             )
+        # serving's replica of the users' online features (TIPML_ONLINE_READ=replica)
+        self._users: _Watch | None = None
+        if user_replica:
+            self._users = _Watch(
+                "user_replica", USER_FEATURES_BUCKET, lambda _: None, lambda s: s, in_place=True
+            )
+            self.watches.append(self._users)
         self.name = name
         self.embedded: EmbeddedNats | None = None
         self.nc: NATS | None = None
@@ -231,7 +244,8 @@ class EventsRuntime:
         assert self.bus is not None
         kv = await self.bus.kv(watch.bucket)
         current: dict[str, Any] = {}
-        dirty = False
+        dirty = caught_up = False
+        swapped = time.monotonic()
         watcher = await kv.watchall()
         try:
             # A stop flag, not only cancellation: a cancel that lands while the watcher's
@@ -241,22 +255,54 @@ class EventsRuntime:
                     entry = await watcher.updates(timeout=0.2)  # type: ignore[no-untyped-call]
                 except TimeoutError:
                     entry = None
+                now = time.monotonic()
                 watch.live = True
-                watch.seen = time.monotonic()
-                if entry is not None and entry.key and entry.value:
-                    current[kv_key_decode(entry.key)] = watch.convert(decode_state(entry.value))
+                watch.seen = now
+                if entry is not None and entry.key:
+                    key = kv_key_decode(entry.key)
+                    if entry.value and entry.operation is None:
+                        current[key] = watch.convert(decode_state(entry.value))
+                    else:  # deleted or purged
+                        current.pop(key, None)
                     dirty = True
+                    if watch.replica is not None:
+                        watch.count = len(current)
+                    # a snapshot view is refreshed at least every 100 ms under a steady
+                    # stream of updates, not only when the stream pauses
+                    if watch.in_place or now - swapped < 0.1:
+                        continue
+                elif watch.in_place:
+                    # None: the watcher's end of the bucket's current values (or 0.2 s quiet)
+                    if not caught_up:
+                        caught_up = True
+                        watch.replica = current
+                    watch.count = len(current)
                     continue
-                if dirty:  # swap in a new snapshot once the burst of updates is read
+                if dirty:
                     watch.view(dict(current))
                     watch.count = len(current)
                     dirty = False
+                    swapped = now
         finally:
+            watch.replica = None  # nothing stale is read while the watch restarts
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
+    def replica_features(self, user_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """``(True, features or None)`` from the live replica, without awaiting anything;
+        ``(False, None)`` when there is no live replica (the caller reads the bucket)."""
+        replica = self._users.replica if self._users is not None else None
+        if replica is None:
+            return False, None
+        state = replica.get(user_id)
+        return True, None if state is None else materialize(state, time.time())
+
     async def user_features(self, user_id: str) -> dict[str, Any] | None:
-        """``OnlineFeatureStore``: one KV get within ``TIPML_ONLINE_TIMEOUT_S``."""
+        """``OnlineFeatureStore``: from the replica when there is one and it is live (no
+        round trip), else one KV get within ``TIPML_ONLINE_TIMEOUT_S``."""
+        known, features = self.replica_features(user_id)
+        if known:
+            return features
         if self._user_kv is None or self.nc is None or not self.nc.is_connected:
             return None
         try:
@@ -295,6 +341,8 @@ class EventsRuntime:
         age = time.monotonic() - watch.seen
         if age > 10:
             return False, f"no word from the {bucket} watch for {age:.0f} s"
+        if watch.in_place and watch.replica is None:
+            return True, f"reading {bucket} into memory (reads ask the bucket meanwhile)"
         return True, f"watching {bucket}: {watch.count} keys"
 
     async def stop(self) -> None:

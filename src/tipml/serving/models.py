@@ -19,8 +19,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tipml.errors import ConfigError, ModelLoadError, TipmlError
-from tipml.serving.scoring import LightGBMScorer, Scorer
+from tipml.errors import ConfigError, TipmlError
+from tipml.serving.scoring import Scorer, load_model
 
 if TYPE_CHECKING:
     from tipml.registry.store import Registry
@@ -68,14 +68,13 @@ class RegistryWatcher:
         return cls(settings, service, Registry.from_settings(settings))
 
     def _scorer(self, version: str) -> Scorer:
-        import lightgbm
-
         loaded = self.registry.load(version)
-        try:
-            booster = lightgbm.Booster(model_str=loaded.text)
-        except lightgbm.basic.LightGBMError as exc:
-            raise ModelLoadError(f"version {version} does not parse: {exc}") from None
-        return LightGBMScorer(booster, f"{self.registry.name}/{version}")
+        return load_model(
+            loaded.text,
+            f"{self.registry.name}/{version}",
+            runtime=self.settings.model_runtime,
+            cache_dir=self.settings.data_dir / "models" / "compiled",
+        )
 
     def sync(self) -> bool:
         """Bring the served models in line with the aliases (blocking). True when something

@@ -70,6 +70,12 @@ class OnlineStoreHolder:
         store = self.store
         return None if store is None else await store.user_features(user_id)
 
+    def replica_features(self, user_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """The user's features from serving's in-memory replica, if the store keeps one:
+        ``(True, features or None)``; ``(False, None)``: await ``user_features`` instead."""
+        replica = getattr(self.store, "replica_features", None)
+        return (False, None) if replica is None else replica(user_id)
+
 
 @dataclass
 class Runtime:
@@ -136,6 +142,7 @@ class Runtime:
             policy_view=policy_view,
             factories={"learner": _learner(settings, experiments)},
             name="tipml-serve",
+            user_replica=settings.online_read == "replica" and settings.online_store == "jetstream",
         )
         assert events.decisions is not None
         online = OnlineStoreHolder(events)

@@ -1,4 +1,5 @@
-"""Scorers: one protocol, a baseline that needs no model, and a LightGBM loader.
+"""Scorers: one protocol, a baseline that needs no model, a LightGBM loader, and the same
+LightGBM model compiled to machine code (lleaves) — the default runtime of a served model.
 
 Every scorer maps the shared feature matrix (``features/tip_features.py``) to one score per
 candidate, higher is better. Scorers are stateless after construction, so any replica can
@@ -9,6 +10,8 @@ from a registered artifact; routes never change.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
     from tipml.settings import Settings
 
 Matrix = npt.NDArray[np.float64]
+log = logging.getLogger("tipml.serving")
+PARITY_TOLERANCE = 1e-9  # a compiled model must score like LightGBM's predict, within this
 
 
 @runtime_checkable
@@ -111,8 +116,111 @@ class LightGBMScorer:
         return np.asarray(out, dtype=np.float64)
 
 
+class CompiledScorer:
+    """A LightGBM model compiled to machine code by lleaves (LLVM): the same trees, the same
+    scores (checked against LightGBM's predict at load), without LightGBM's per-call overhead —
+    at 100 candidates and 200 trees x 31 leaves, ~90 µs a call instead of ~630 µs here.
+
+    Compiling takes seconds (≈ 6 s for 200 x 31 on this machine), so the object code is
+    cached under ``cache_dir``, keyed by the model text, the compiler's versions and the host
+    CPU: a restart or a second replica on the same disk loads it in milliseconds."""
+
+    def __init__(self, reference: LightGBMScorer, compiled: object) -> None:
+        self._model = compiled
+        self._columns = reference._columns
+        self._version = reference.version
+        self.feature_names = reference.feature_names
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @classmethod
+    def compile(cls, text: str, reference: LightGBMScorer, cache_dir: Path) -> CompiledScorer:
+        """Compile ``text`` (or load it from the cache) and prove parity with ``reference``
+        on random rows (with missing values) before serving it."""
+        import lleaves  # type: ignore[import-untyped]
+        import llvmlite  # type: ignore[import-untyped]
+        import llvmlite.binding as llvm  # type: ignore[import-untyped]
+
+        key = hashlib.sha256(
+            "\n".join(
+                [
+                    text,
+                    getattr(lleaves, "__version__", "?"),
+                    llvmlite.__version__,
+                    llvm.get_host_cpu_name(),
+                    llvm.get_host_cpu_features().flatten(),
+                ]
+            ).encode()
+        ).hexdigest()[:24]
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        model_file = cache_dir / f"{key}.txt"
+        if not model_file.exists():
+            tmp = model_file.with_name(f".{model_file.name}.tmp")
+            tmp.write_text(text)
+            tmp.replace(model_file)
+        model = lleaves.Model(model_file=str(model_file))
+        cached = cache_dir / f"{key}.o"
+        if cached.exists():
+            model.compile(cache=str(cached))
+        else:  # written under a private name, then renamed: a replica never loads half a file
+            own = cache_dir / f".{key}.{os.getpid()}.o"
+            model.compile(cache=str(own))
+            own.replace(cached)
+        scorer = cls(reference, model)
+        rng = np.random.default_rng(0)
+        x = rng.normal(0.0, 3.0, size=(256, len(FEATURE_NAMES)))
+        x[rng.random(x.shape) < 0.2] = np.nan
+        gap = float(np.max(np.abs(scorer.score(x) - reference.score(x))))
+        if not gap <= PARITY_TOLERANCE:
+            raise ModelLoadError(f"compiled model differs from LightGBM's predict by {gap:.3g}")
+        return scorer
+
+    def score(self, features: Matrix) -> npt.NDArray[np.float64]:
+        rows = np.ascontiguousarray(features[:, self._columns])
+        out = self._model.predict(rows, n_jobs=1)  # type: ignore[attr-defined]
+        return np.asarray(out, dtype=np.float64)
+
+
+def load_model(
+    text: str, version: str, *, runtime: str = "lightgbm", cache_dir: Path | None = None
+) -> Scorer:
+    """A scorer for a LightGBM text model: compiled (``runtime="compiled"``, the default of
+    ``TIPML_MODEL_RUNTIME``) or LightGBM's own predict. A model that cannot be compiled, or
+    whose compiled scores differ, is served by LightGBM instead — logged, never refused."""
+    import lightgbm
+
+    try:
+        booster = lightgbm.Booster(model_str=text)
+    except lightgbm.basic.LightGBMError as exc:
+        raise ModelLoadError(f"{version} is not a LightGBM text model: {exc}") from None
+    reference = LightGBMScorer(booster, version)
+    if runtime == "compiled" and cache_dir is not None:
+        try:
+            return CompiledScorer.compile(text, reference, cache_dir)
+        except Exception as exc:  # an optional speed-up: LightGBM serves the same scores
+            log.warning(
+                "model %s not compiled (%s); serving it with LightGBM's predict",
+                version,
+                f"{type(exc).__name__}: {exc}"[:300],
+            )
+    return reference
+
+
 def build_scorer(settings: Settings) -> Scorer:
     if settings.scorer == "lightgbm":
         assert settings.model_path is not None  # guaranteed by Settings validation
-        return LightGBMScorer.from_file(settings.model_path, settings.model_version)
+        path = settings.model_path
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read model file {path}: {exc.strerror}") from exc
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        return load_model(
+            text,
+            settings.model_version or f"lightgbm:{path.stem}:{digest}",
+            runtime=settings.model_runtime,
+            cache_dir=settings.data_dir / "models" / "compiled",
+        )
     return BaselineScorer()  # "registry": the baseline until the watcher loads a champion

@@ -42,9 +42,7 @@ from tipml.serving.prompts import CANARY, resolve_version
 from tipml.serving.schemas import (
     GenerateRequest,
     GenerateResponse,
-    ScoredTip,
     ScoreRequest,
-    ScoreResponse,
     Usage,
 )
 from tipml.serving.scoring import Scorer
@@ -181,11 +179,11 @@ class ScoreService:
         req: ScoreRequest,
         defer: Callable[[Callable[[], None]], None] | None = None,
         online: Mapping[str, Any] | None = None,
-    ) -> ScoreResponse:
-        """Rank ``req``'s candidates. ``online``: the user's online features (``None``: not
-        known, or not read in time — the online columns are then missing). ``defer`` runs a
-        callable after the response is sent: with a shadow model loaded, its scoring and the
-        decision record go there."""
+    ) -> dict[str, Any]:
+        """Rank ``req``'s candidates; returns the response body (``ScoreResponse``'s shape).
+        ``online``: the user's online features (``None``: not known, or not read in time —
+        the online columns are then missing). ``defer`` runs a callable after the response is
+        sent: the decision record (and the shadow model's scores) go there."""
         stage, started = self.metrics.stage, time.perf_counter()
         candidates = self._candidates(req)
         profile = _profile(req.profile_features, self._unknown, "/score")
@@ -208,28 +206,31 @@ class ScoreService:
         ranking = policy.rank(scores, self.rng, uncertainty)
         mark = _lap(stage["policy"], mark)
         k = min(req.k or len(candidates), len(candidates))
-        # Values are already validated: build the response models without re-validating.
+        # The body as plain data, serialised once by orjson: every value is ours and already
+        # of its wire type, so no response model is built or validated (ScoreResponse
+        # documents this shape; the contract tests check the served bodies against it).
         score_list: list[float] = scores.tolist()
         propensities: list[float] = ranking.propensities.tolist()
-        results = [
-            ScoredTip.model_construct(
-                tip_id=candidates[i].tip_id,
-                score=score_list[i],
-                rank=r + 1,
-                propensity=propensities[i],
-            )
-            for r, i in enumerate(ranking.order[:k].tolist())
-        ]
+        order: list[int] = ranking.order.tolist()
+        response: dict[str, Any] = {
+            "score_id": str(uuid.uuid4()),
+            "model_version": scorer.version,
+            "policy": policy.name,
+            "results": [
+                {
+                    "tip_id": candidates[i].tip_id,
+                    "score": score_list[i],
+                    "rank": r + 1,
+                    "propensity": propensities[i],
+                }
+                for r, i in enumerate(order[:k])
+            ],
+            "experiment": decision.experiment,
+            "variant": decision.variant,
+        }
         self.metrics.scored_candidates.observe(len(candidates))
-        response = ScoreResponse(
-            score_id=str(uuid.uuid4()),
-            model_version=scorer.version,
-            policy=policy.name,
-            results=results,
-            experiment=decision.experiment,
-            variant=decision.variant,
-        )
-        rank_of = {i: r + 1 for r, i in enumerate(ranking.order.tolist())}
+        score_id: str = response["score_id"]
+        rank_of = {i: r + 1 for r, i in enumerate(order)}
         _lap(stage["response"], mark)
 
         def record() -> None:
@@ -244,16 +245,16 @@ class ScoreService:
                     shadow_log = {"model_version": shadow.version, "scores": shadow_scores}
             self.decisions.record(
                 "score",
-                response.score_id,
+                score_id,
                 {
-                    "decision_id": response.score_id,
+                    "decision_id": score_id,
                     "kind": "score",
                     "user_id": req.user_id,
                     "ts": _now_iso(),
                     "request_ts": ts.isoformat() if ts else None,
                     "platform": req.context.platform if req.context else None,
-                    "model_version": response.model_version,
-                    "policy": response.policy,
+                    "model_version": scorer.version,
+                    "policy": policy.name,
                     **decision.log_fields(),
                     "k": k,
                     "local_hour": hour,
@@ -287,8 +288,8 @@ class ScoreService:
             )
             _lap(stage["record"], began)
 
-        if shadow is not None and defer is not None:
-            defer(record)  # after the response is sent: the shadow is off the response path
+        if defer is not None:
+            defer(record)  # after the response is sent: the record and shadow are off its path
         else:
             record()
         return response
