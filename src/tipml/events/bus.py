@@ -154,9 +154,11 @@ def running_url(settings: Settings) -> str | None:
 
 async def connect(url: str, name: str) -> NATS:
     """Connect, and keep reconnecting forever: consumers and the decision log resume by
-    themselves after a server restart or a network drop."""
+    themselves after a server restart or a network drop. ``url``: one server, or several
+    comma-separated (a cluster's nodes: the client fails over among them, and learns the
+    others from the cluster too)."""
     return await nats.connect(
-        url,
+        [u.strip() for u in url.split(",") if u.strip()],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
