@@ -216,6 +216,7 @@ async def visibility_lag(rate: float, seconds: float, users: int, tmp: Path) -> 
         "seen": len(lags),
         "p50_ms": round(pct(lags, 50), 1),
         "p99_ms": round(pct(lags, 99), 1),
+        "p999_ms": round(pct(lags, 99.9), 1),
         "max_ms": round(max(lags), 1) if lags else None,
     }
 
@@ -227,6 +228,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--burst", type=int, default=5, help="Events per user session.")
+    parser.add_argument(
+        "--lag-runs", type=int, default=3, help="Lag windows, one after another (issue 10: 3)."
+    )
+    parser.add_argument("--lag-only", action="store_true", help="Skip the ingest runs.")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
@@ -234,24 +239,34 @@ def main() -> None:
         "machine": machine(),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        with console.status("ingest throughput: raw fetch-and-ack vs tipml signals consumer"):
-            results["throughput"] = asyncio.run(throughput(args.events, args.users, 1, Path(tmp)))
-            results["throughput_sessions"] = asyncio.run(
-                throughput(args.events, args.users, args.burst, Path(tmp))
-            )
-        with console.status(f"visibility lag at {args.rate:g} events/s"):
-            results["lag"] = asyncio.run(
-                visibility_lag(args.rate, args.seconds, args.users, Path(tmp))
-            )
+        if not args.lag_only:
+            with console.status("ingest throughput: raw fetch-and-ack vs tipml signals consumer"):
+                results["throughput"] = asyncio.run(
+                    throughput(args.events, args.users, 1, Path(tmp))
+                )
+                results["throughput_sessions"] = asyncio.run(
+                    throughput(args.events, args.users, args.burst, Path(tmp))
+                )
+        runs = []
+        for run in range(args.lag_runs):
+            with console.status(f"visibility lag at {args.rate:g} events/s, run {run + 1}"):
+                runs.append(
+                    asyncio.run(
+                        visibility_lag(args.rate, args.seconds, args.users, Path(tmp) / f"r{run}")
+                    )
+                )
+        results["lag_runs"] = runs
+        results["lag"] = max(runs, key=lambda r: r["p99_ms"])  # the worst of the runs
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for name in (f"events-{stamp}.json", "events-latest.json"):
         (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
-    lag = results["lag"]
     table = Table("measure", "value", "target", title=f"tipml events bench — {stamp}")
     for label, t in (
-        ("every event a new user", results["throughput"]),
-        (f"sessions of {args.burst}", results["throughput_sessions"]),
+        ("every event a new user", results.get("throughput")),
+        (f"sessions of {args.burst}", results.get("throughput_sessions")),
     ):
+        if t is None:
+            continue
         table.add_row(
             f"raw nats-py fetch+parse+ack ({label})", f"{t['raw_events_per_s']:,} events/s", ""
         )
@@ -261,12 +276,13 @@ def main() -> None:
             "≥ 10,000",
         )
         table.add_row(f"ratio tipml / raw ({label})", f"{t['ratio']:.0%}", "≥ 50 %")
-    table.add_row(
-        f"visibility lag p50 / p99 at {lag['achieved_rate']:g}/s",
-        f"{lag['p50_ms']} / {lag['p99_ms']} ms",
-        "p99 ≤ 100 ms",
-    )
-    table.add_row("events seen in the watch", f"{lag['seen']} / {lag['events']}", "")
+    for n, lag in enumerate(results["lag_runs"], 1):
+        table.add_row(
+            f"run {n}: visibility lag p50 / p99 / p99.9 / max at {lag['achieved_rate']:g}/s",
+            f"{lag['p50_ms']} / {lag['p99_ms']} / {lag['p999_ms']} / {lag['max_ms']} ms",
+            "p99 ≤ 50 ms",
+        )
+        table.add_row(f"run {n}: events seen in the watch", f"{lag['seen']} / {lag['events']}", "")
     console.print(table)
     console.print(f"machine: {results['machine']}")
 

@@ -4,8 +4,9 @@
 
 A LightGBM ranker of 200 trees x 31 leaves is trained on a synthetic decision log
 (``bench_training.generate``), registered in an MLflow registry (SQLite) and made ``champion``
-and ``shadow``. Every system is driven by ``hey`` (4 connections, the load generator on the
-same machine), 100 candidates per request:
+and ``shadow``. Every system is driven by ``hey`` (at a fixed rate: 4 single-connection
+streams with evenly spaced arrivals; the load generator on the same machine), 100 candidates
+per request:
 
 1. ``tipml serve`` with ``TIPML_SCORER=registry``: validation, online features, the feature
    matrix, the model, the ranking policy and the decision log; once without and once with the
@@ -37,6 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from subprocess import PIPE
 from typing import Any
 
 import httpx
@@ -196,28 +198,42 @@ class Target:
     body: Path | None = None
     headers: tuple[str, ...] = ()
 
-    def hey(self, rate: float | None, duration: float, connections: int = 4) -> dict[str, Any]:
-        """``rate`` rps (None: as fast as answered) for ``duration`` s over ``connections``
-        (hey's rate is per connection); per-request latencies from hey's CSV, so the
-        percentiles are exact."""
+    def _cmd(self, duration: float, connections: int, rate: float | None) -> list[str]:
         cmd = ["hey", "-z", f"{duration}s", "-c", str(connections), "-o", "csv", "-t", "10"]
         if rate is not None:
-            cmd += ["-q", f"{max(rate / connections, 0.1):.2f}"]
+            cmd += ["-q", f"{rate:.3f}"]
         for header in self.headers:
             cmd += ["-H", header]
         if self.body is not None:
             cmd += ["-m", "POST", "-T", "application/json", "-D", str(self.body)]
-        out = subprocess.run([*cmd, self.url], capture_output=True, text=True, check=True)
+        return [*cmd, self.url]
+
+    def hey(self, rate: float | None, duration: float, connections: int = 4) -> dict[str, Any]:
+        """At ``rate`` rps: ``connections`` hey processes of one connection each at
+        rate/connections, started 1/rate s apart — evenly spaced arrivals (one hey with N
+        connections fires all N at each tick: bursts that measure queueing behind each
+        other, not the service). ``rate=None``: one hey, ``connections`` closed-loop
+        connections as fast as answered. Per-request latencies from hey's CSV."""
+        if rate is None:
+            procs = [subprocess.Popen(self._cmd(duration, connections, None), stdout=PIPE)]
+        else:
+            procs = []
+            for _ in range(connections):
+                cmd = self._cmd(duration, 1, rate / connections)
+                procs.append(subprocess.Popen(cmd, stdout=PIPE, stderr=subprocess.DEVNULL))
+                time.sleep(1 / rate)
         latencies, errors, last = [], 0, 0.0
-        for line in out.stdout.splitlines()[1:]:
-            parts = line.split(",")
-            if len(parts) < 8:
-                continue
-            if parts[6] != "200":
-                errors += 1
-                continue
-            latencies.append(float(parts[0]) * 1000)
-            last = max(last, float(parts[7]) + float(parts[0]))
+        for proc in procs:
+            out, _ = proc.communicate()
+            for line in out.decode().splitlines()[1:]:
+                parts = line.split(",")
+                if len(parts) < 8:
+                    continue
+                if parts[6] != "200":
+                    errors += 1
+                    continue
+                latencies.append(float(parts[0]) * 1000)
+                last = max(last, float(parts[7]) + float(parts[0]))
         elapsed = max(last, duration)
         return {
             "offered_rps": rate or "closed loop",
@@ -261,7 +277,7 @@ def main() -> None:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "model": "LightGBM, 200 trees x 31 leaves",
-        "load": "hey: 4 connections at the fixed rate, 1-64 closed loop at saturation",
+        "load": "hey: 4 evenly spaced streams at the fixed rate, 1-64 closed loop at saturation",
         "goal": "/score p99 <= 5 ms at 200 rps; capacity >= 3x mlflow, >= 1.5x naive",
     }
     procs: list[subprocess.Popen[bytes]] = []
