@@ -256,7 +256,8 @@ def main() -> None:
                     )
                 )
         results["lag_runs"] = runs
-        results["lag"] = max(runs, key=lambda r: r["p99_ms"])  # the worst of the runs
+        if runs:
+            results["lag"] = max(runs, key=lambda r: r["p99_ms"])  # the worst of the runs
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for name in (f"events-{stamp}.json", "events-latest.json"):
         (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
