@@ -10,7 +10,8 @@ per request:
 
 1. ``tipml serve`` with ``TIPML_SCORER=registry``: validation, online features, the feature
    matrix, the model, the ranking policy and the decision log; once without and once with the
-   shadow model's scores (``TIPML_SHADOW``);
+   shadow model's scores (``TIPML_SHADOW``), and once reading online features from Feast's
+   Redis online store (``--redis``, default 127.0.0.1:6379) instead of the in-memory replica;
 2. the obvious FastAPI + booster (``bench/naive_booster.py``): parse 100 rows, predict, return;
 3. ``mlflow models serve`` of the same registered version (``--env-manager local``), sent the
    same 100 rows as a ``dataframe_split`` — the model alone, no features or logging;
@@ -272,6 +273,9 @@ def main() -> None:
         "--warmup", type=float, default=10, help="seconds at the rate first, not measured"
     )
     parser.add_argument("--no-saturation", action="store_true")
+    parser.add_argument(
+        "--redis", default="127.0.0.1:6379", help="Redis for the Feast online-store row"
+    )
     args = parser.parse_args()
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -295,14 +299,16 @@ def main() -> None:
             json.dumps({"rows": json.loads(rows[0])["dataframe_split"]["data"]})
         )
         base = {
-            "TIPML_DATA_DIR": str(data_dir),
+            # one registry for all; each service its own data dir (its own embedded NATS)
+            "TIPML_MLFLOW_URI": f"sqlite:///{data_dir / 'mlflow.db'}",
             "TIPML_SCORER": "registry",
             "TIPML_REGISTRY_REQUIRE_MODEL": "1",
             "TIPML_GATEWAY_CONFIG": str(data_dir / "gateway.yaml"),
             "TIPML_LOCAL_LLM": "off",
         }
         try:
-            ports = {name: free_port() for name in ("tipml", "shadow", "naive", "mlflow")}
+            ports = {name: free_port() for name in ("tipml", "shadow", "redis", "naive", "mlflow")}
+            base["TIPML_DATA_DIR"] = str(data_dir / "svc-tipml")
             procs.append(start_service(ports["tipml"], token, {**base, "TIPML_SHADOW": "0"}))
             procs.append(start_naive(ports["naive"], model_file, data_dir))
             procs.append(start_peer(ports["mlflow"], data_dir, version))
@@ -326,11 +332,37 @@ def main() -> None:
                 for name in ("tipml", "naive", "mlflow"):
                     results[f"{name}_saturation"] = saturation(targets[name], args.step)
                     Console().print(f"{name}: {results[f'{name}_saturation']['capacity_rps']} rps")
+            base["TIPML_DATA_DIR"] = str(data_dir / "svc-shadow")
             procs.append(start_service(ports["shadow"], token, {**base, "TIPML_SHADOW": "1"}))
             shadow = Target(f"http://127.0.0.1:{ports['shadow']}/score", score_file, auth)
             if args.warmup:
                 shadow.hey(args.rate, args.warmup)
             results["tipml_shadow"] = shadow.hey(args.rate, args.duration)
+            procs[-1].terminate()
+            # the scale-out read: online features from Feast's Redis online store (a GET per
+            # request, in a worker thread) instead of the in-memory replica
+            redis_env = {
+                **base,
+                "TIPML_DATA_DIR": str(data_dir / "svc-redis"),
+                "TIPML_SHADOW": "0",
+                "TIPML_ONLINE_STORE": "feast",
+                "TIPML_FEAST_ONLINE": "redis",
+                "TIPML_FEAST_REDIS": args.redis,
+            }
+            try:  # the Feast repo first (`tipml features apply`), as an operator does
+                subprocess.run(
+                    [sys.executable, "-m", "tipml", "features", "apply"],
+                    env={**os.environ, **redis_env, "TIPML_API_TOKENS": token},
+                    check=True,
+                    capture_output=True,
+                )
+                procs.append(start_service(ports["redis"], token, redis_env))
+                redis = Target(f"http://127.0.0.1:{ports['redis']}/score", score_file, auth)
+                if args.warmup:
+                    redis.hey(args.rate, args.warmup)
+                results["tipml_redis"] = redis.hey(args.rate, args.duration)
+            except (subprocess.CalledProcessError, SystemExit) as exc:  # the rest stands
+                results["tipml_redis"] = {"error": repr(exc)[:300]}
         finally:
             for proc in procs:
                 proc.terminate()
@@ -358,12 +390,16 @@ def main() -> None:
     for label, key in (
         ("tipml /score (registry model, features, policy, decision log)", "tipml"),
         ("tipml /score + shadow model", "tipml_shadow"),
+        ("tipml /score, online features from Feast on Redis", "tipml_redis"),
         ("naive FastAPI + booster (parse rows, predict, return)", "naive"),
         ("mlflow models serve (same model)", "mlflow"),
         ("floor: FastAPI no-op POST", "floor_noop"),
         ("floor: tipml /healthz", "floor_healthz"),
     ):
         r = results[key]
+        if "error" in r:
+            table.add_row(label, "failed", r["error"][:60], "", "", "", "")
+            continue
         cap = results.get(f"{key}_saturation", {}).get("capacity_rps")
         table.add_row(
             label,
