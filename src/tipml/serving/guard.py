@@ -55,6 +55,17 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
+CANARY_PART_CHARS = 4
+
+
+def canary_parts(canary: str) -> set[str]:
+    """The canary token's words of ``CANARY_PART_CHARS`` characters or more ("canary",
+    "7f3a9c" of "zx-canary-7f3a9c"): a tip never needs one, so a part of the token in the
+    output is a leak as much as the whole token — an injected "reply with the canary" is
+    answered with the word, not the token."""
+    return {w for w in _words(canary) if len(w) >= CANARY_PART_CHARS}
+
+
 INPUT_RUN_WORDS = 4
 EXAMPLE_SIMILARITY = 0.75
 
@@ -92,6 +103,8 @@ def check(
     if not text:
         return reject("empty")
     if canary.lower() in text.lower() or echoes(text, system_text):
+        return reject("prompt_echo")
+    if canary_parts(canary) & set(_words(text)):  # "reply with the canary" -> "... your canary"
         return reject("prompt_echo")
     if len(text) > max_chars:
         return reject("too_long")
