@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The scale-out layout on one machine, with real processes: a 3-node NATS JetStream cluster
 # (streams and buckets with 3 replicas), two `tipml serve` replicas (consumers off, the
-# production layout) and two `tipml consume` processes sharing the consumers' work — the
-# first also runs the archiver and the bandit learner, so the offline log stays one log.
+# production layout) and two `tipml consume` processes sharing the consumers' work — both
+# archive, as one archiver group writing one offline log ($TIPML_CLUSTER_DIR/offline,
+# TIPML_ARCHIVE_DIR: a path every consume host mounts); the first runs the bandit learner.
 #
 #   bash scripts/cluster.sh                 # after bash scripts/bootstrap.sh; Ctrl-C stops it
 #   TIPML_CLUSTER_PORTS="8001 8002" TIPML_CLUSTER_DIR=.tipml/cluster TIPML_API_TOKENS=… \
@@ -20,6 +21,8 @@ PORTS=${TIPML_CLUSTER_PORTS:-"8001 8002"}
 export TIPML_API_TOKENS=${TIPML_API_TOKENS:-cluster-dev-token-0123456789}
 export TIPML_STREAM_REPLICAS=3 TIPML_LOG_LEVEL=${TIPML_LOG_LEVEL:-WARNING}
 mkdir -p "$ROOT"
+export TIPML_ARCHIVE_DIR
+TIPML_ARCHIVE_DIR=$(cd "$ROOT" && pwd)/offline
 rm -f "$ROOT/nats.urls"
 
 pids=()
@@ -46,7 +49,7 @@ TIPML_NATS_URL=$(head -1 "$ROOT/nats.urls")
 TIPML_DATA_DIR="$ROOT/consume-1" "$PY" -m tipml consume --only signals,feedback,archiver,learner \
   >"$ROOT/consume-1.log" 2>&1 &
 pids+=($!)
-TIPML_DATA_DIR="$ROOT/consume-2" "$PY" -m tipml consume --only signals,feedback \
+TIPML_DATA_DIR="$ROOT/consume-2" "$PY" -m tipml consume --only signals,feedback,archiver \
   >"$ROOT/consume-2.log" 2>&1 &
 pids+=($!)
 for port in $PORTS; do
@@ -69,5 +72,6 @@ done
 echo "NATS cluster (3 nodes): $TIPML_NATS_URL"
 for port in $PORTS; do echo "tipml serve replica:     http://127.0.0.1:$port"; done
 echo "tipml consume:           2 processes (logs in $ROOT/consume-*.log)"
+echo "offline log:             $TIPML_ARCHIVE_DIR (both processes archive)"
 echo "ready — Ctrl-C stops everything"
 wait "${pids[@]}"

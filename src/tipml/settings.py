@@ -28,6 +28,12 @@ class Settings(BaseSettings):
         description="Comma-separated bearer tokens accepted on /score and /generate.",
     )
     data_dir: Path = Field(Path(".tipml"), description="Where tipml keeps local state.")
+    archive_dir: Path | None = Field(
+        None,
+        description="The offline log (Parquet archive), one location for every archiver and "
+        "reader: with several consume processes, a path they all mount. Default "
+        "<data_dir>/offline.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_requests: bool = Field(True, description="One JSON access-log line per request.")
 
@@ -228,6 +234,11 @@ class Settings(BaseSettings):
                 "no API token configured: set TIPML_API_TOKENS (comma-separated) "
                 "or TIPML_DEV=1 for local development"
             )
+
+    @property
+    def offline_dir(self) -> Path:
+        """Where the archive lives (``TIPML_ARCHIVE_DIR``, else ``<data_dir>/offline``)."""
+        return self.archive_dir if self.archive_dir is not None else self.data_dir / "offline"
 
     def token_values(self) -> list[bytes]:
         return [t.get_secret_value().encode() for t in self.api_tokens]

@@ -1,6 +1,6 @@
 """``scripts/cluster.sh``: the scale-out layout with real processes (3-node NATS cluster, two
-serve replicas, two consumers) comes up, both replicas answer ``/score``, and Ctrl-C leaves
-nothing running."""
+serve replicas, two consumers archiving into one offline log) comes up, both replicas answer
+``/score``, each decision is archived once, and Ctrl-C leaves nothing running."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pyarrow.parquet as pq
 
 from tipml.net import free_port
 
@@ -69,6 +70,18 @@ def test_cluster_script_starts_the_layout_and_stops_it(tmp_path: Path) -> None:
             ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()
             assert ready["ready"], ready
             assert "," in ready["components"]["nats"]["detail"]  # all three nodes given
+        # both consume processes archive into one log: each decision once
+        decisions = tmp_path / "cluster" / "offline" / "decisions"
+        seqs: list[int] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(seqs) < len(ports):
+            seqs = [
+                s
+                for part in decisions.glob("date=*/part-*.parquet")
+                for s in pq.read_table(part, columns=["stream_seq"]).column(0).to_pylist()
+            ]
+            time.sleep(0.5)
+        assert sorted(seqs) == [1, 2]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends

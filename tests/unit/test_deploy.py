@@ -29,7 +29,12 @@ def _services() -> dict[str, dict[str, Any]]:
 def test_every_tipml_setting_in_the_compose_file_exists() -> None:
     known = {f"TIPML_{name.upper()}" for name in Settings.model_fields}
     tipml = {n: s for n, s in _services().items() if s.get("image", "").startswith("tipml")}
-    assert {"serve", "consume", "archive", "train"} <= set(tipml)
+    assert {"serve", "consume", "learner", "train"} <= set(tipml)
+    # every process that archives or reads the archive sees the same location
+    assert "archiver" in tipml["consume"]["command"]
+    for name in ("consume", "train"):
+        volume, path = tipml[name]["volumes"][0].split(":")
+        assert (volume, path) == ("offline", tipml[name]["environment"]["TIPML_ARCHIVE_DIR"])
     for name, service in tipml.items():
         unknown = {k for k in service["environment"] if k.startswith("TIPML_")} - known
         assert not unknown, f"{name}: {unknown}"

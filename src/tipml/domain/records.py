@@ -47,44 +47,54 @@ def event_digest(event_id: str) -> bytes:
 
 
 class SeenIds:
-    """The event ids a record has folded in, by arrival hour, within the horizon."""
+    """The event ids a record has folded in, by arrival hour, within the horizon.
 
-    def __init__(self, buckets: dict[int, bytes]) -> None:
+    Kept as the concatenated digests per hour (no set is built: a record holds tens of ids,
+    and ``bytes.find`` over them is faster than hashing them all), with each hour's base64
+    text from the record reused on encode unless the hour took new ids."""
+
+    def __init__(self, buckets: dict[int, bytes], encoded: dict[int, str] | None = None) -> None:
         self.buckets = buckets
-        self._all = {
-            b[i : i + _DIGEST] for b in buckets.values() for i in range(0, len(b), _DIGEST)
-        }
+        self._encoded = encoded or {}  # hour -> its text in the record read, while unchanged
 
     @classmethod
     def decode(cls, record: dict[str, Any] | None) -> SeenIds:
         if not record:
             return cls({})
-        buckets = {
-            int(hour): base64.urlsafe_b64decode(ids.encode())
-            for hour, ids in (record.get("d") or {}).items()
-        }
+        encoded = {int(hour): ids for hour, ids in (record.get("d") or {}).items()}
+        buckets = {hour: base64.urlsafe_b64decode(ids) for hour, ids in encoded.items()}
         legacy = record.get("a")  # records written before the horizon: [[seq, event_id], …]
         if legacy:
             hour = int(time.time() // HOUR)
             buckets[hour] = buckets.get(hour, b"") + b"".join(event_digest(e) for _, e in legacy)
-        return cls(buckets)
+            encoded.pop(hour, None)
+        return cls(buckets, encoded)
 
     def __contains__(self, digest: bytes) -> bool:
-        return digest in self._all
+        for ids in self.buckets.values():
+            at = ids.find(digest)
+            while at != -1:
+                if at % _DIGEST == 0:
+                    return True
+                at = ids.find(digest, at + 1)
+        return False
 
     def add(self, hour: int, digest: bytes) -> None:
         self.buckets[hour] = self.buckets.get(hour, b"") + digest
-        self._all.add(digest)
+        self._encoded.pop(hour, None)
 
     def encode(self, horizon_s: float) -> dict[str, str]:
         if not self.buckets:
             return {}
         oldest = max(self.buckets) - int(horizon_s // HOUR)
-        return {
-            str(hour): base64.urlsafe_b64encode(ids).decode()
-            for hour, ids in sorted(self.buckets.items())
-            if hour >= oldest
-        }
+        out = {}
+        for hour, ids in sorted(self.buckets.items()):
+            if hour >= oldest:
+                text = self._encoded.get(hour)
+                out[str(hour)] = (
+                    text if text is not None else base64.urlsafe_b64encode(ids).decode()
+                )
+        return out
 
 
 def encode_record(state: Any, seen: SeenIds, horizon_s: float) -> bytes:

@@ -8,6 +8,17 @@ sequences — the archiver remembers the sequences of the files above the consum
 re-read from disk at start — and skipped. Read with DuckDB or Polars:
 ``SELECT * FROM 'offline/signals/*/*.parquet'``.
 
+Several archivers form one group: every `tipml consume` process running the archiver binds
+the same durable consumers, so the server hands each message to one of them, and they write
+to one location (``TIPML_ARCHIVE_DIR``, a path every process mounts; default
+``<data_dir>/offline``). A message delivered more than once may have been written by another
+archiver that stopped before its ack; so a batch holding a redelivered message first reads the
+names of the parts on disk (they carry their sequence ranges) and the sequences of every part
+overlapping the batch, and writes only what nobody wrote. Each stream sequence is written
+once — across processes too — unless an archiver stalls past ``ack_wait`` between writing a
+part and acking it while another writes the same redelivered batch; ``tipml archive compact``
+keeps one row per sequence even then.
+
 The archive keeps everything the stream holds, invalid events included (``valid = false``):
 those are also dead-lettered by the domain consumer, and the offline log is where feedback is
 joined to decisions later.
@@ -19,6 +30,7 @@ import asyncio
 import contextlib
 import os
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,6 +88,7 @@ class Archiver:
         self.dir = root / stream.lower()
         self.floor = 0
         self._archived: set[int] = set()
+        self._scanned: dict[Path, int] = {}  # parts whose sequences are in _archived: last seq
         self._load_recent(window)
 
     def _load_recent(self, window: int) -> None:
@@ -94,10 +107,12 @@ class Archiver:
             if last > newest - window:
                 table = pq.read_table(path, columns=["stream_seq"])
                 self._archived.update(int(s) for s in table.column("stream_seq").to_pylist())
+                self._scanned[path] = last
 
     def set_floor(self, floor: int) -> None:
         self.floor = floor
         self._archived = {s for s in self._archived if s > floor}
+        self._scanned = {p: last for p, last in self._scanned.items() if last > floor}
 
     def parse(self, subject: str, data: bytes) -> tuple[str, dict[str, Any]]:
         try:
@@ -125,7 +140,29 @@ class Archiver:
         }
         return event_id or "", row
 
+    def _rescan(self, lo: int, hi: int) -> None:
+        """Read the sequences of every part on disk whose range overlaps ``lo..hi`` — what
+        another archiver of the group may have written — into the set of written ones."""
+        if not self.dir.exists():
+            return
+        for path in self.dir.glob("date=*/part-*.parquet"):
+            match = _PART.match(path.name)
+            if match is None or path in self._scanned:
+                continue
+            first, last = int(match.group(1)), int(match.group(2))
+            if last < lo or first > hi:
+                continue
+            try:
+                table = pq.read_table(path, columns=["stream_seq"])
+            except (OSError, pa.ArrowInvalid):  # compacted away meanwhile: its rows moved
+                continue
+            self._archived.update(int(s) for s in table.column("stream_seq").to_pylist())
+            self._scanned[path] = last
+
     async def handle(self, items: Sequence[Item[Any]]) -> WriteResult:
+        redelivered = [i.seq for i in items if i.delivered > 1]
+        if redelivered:
+            await asyncio.to_thread(self._rescan, min(redelivered), max(redelivered))
         new = [i for i in items if i.seq not in self._archived and i.seq > self.floor]
         result = WriteResult(applied=len(new), duplicates=len(items) - len(new))
         by_day: dict[str, list[Item[Any]]] = {}
@@ -145,13 +182,14 @@ class Archiver:
         folder = self.dir / f"date={day}"
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"part-{first:012d}-{last:012d}.parquet"
-        tmp = folder / f".{final.name}.tmp"
+        tmp = folder / f".{final.name}.{os.getpid()}-{time.time_ns()}.tmp"
         pq.write_table(table, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if final.exists():  # same range written before a crash: keep both, distinct names
-            final = folder / f"part-{first:012d}-{last:012d}-{os.getpid()}.parquet"
+            final = folder / f"part-{first:012d}-{last:012d}-{time.time_ns()}.parquet"
         os.replace(tmp, final)
+        self._scanned[final] = last
         self._archived.update(i.seq for i in group)
         with contextlib.suppress(OSError):
             dir_fd = os.open(folder, os.O_RDONLY)

@@ -213,15 +213,15 @@ class ConsumerRunner:
         started = time.perf_counter()
         valid: list[tuple[Msg, Item[Any]]] = []
         for msg in msgs:
-            meta = msg.metadata
-            if meta.num_delivered and meta.num_delivered > 1:
+            delivered, seq, arrived = delivery(msg)
+            if delivered > 1:
                 self.state.redeliveries += 1
                 self.metrics.redeliveries.labels(self.handler.name).inc()
-                if meta.num_delivered > 2 * self.settings.consumer_max_deliver:
+                if delivered > 2 * self.settings.consumer_max_deliver:
                     await self._dead_letter(
                         msg,
                         "crash_loop",
-                        f"delivered {meta.num_delivered} times and never acknowledged",
+                        f"delivered {delivered} times and never acknowledged",
                     )
                     continue
             try:
@@ -229,8 +229,7 @@ class ConsumerRunner:
             except InvalidEvent as exc:
                 await self._dead_letter(msg, exc.code, exc.detail)
                 continue
-            arrived = meta.timestamp.timestamp() if meta.timestamp else 0.0
-            valid.append((msg, Item(meta.sequence.stream, event_id, event, arrived)))
+            valid.append((msg, Item(seq, event_id, event, arrived, delivered)))
         if valid:
             try:
                 result = await self._handle_through_outages(valid)
@@ -239,7 +238,7 @@ class ConsumerRunner:
                 await self._one_by_one(valid)
             else:
                 if result is not None:
-                    await self._ack([m for m, _ in valid], result)
+                    await self._ack(valid, result)
         self.metrics.batch_seconds.labels(self.handler.name).observe(time.perf_counter() - started)
 
     async def _handle_through_outages(
@@ -277,12 +276,12 @@ class ConsumerRunner:
                 await self._failed(msg, exc)
             else:
                 if result is not None:
-                    await self._ack([msg], result)
+                    await self._ack([(msg, item)], result)
 
-    async def _ack(self, msgs: list[Msg], result: WriteResult) -> None:
-        for msg in msgs:
+    async def _ack(self, acked: list[tuple[Msg, Item[Any]]], result: WriteResult) -> None:
+        for msg, _ in acked:
             await msg.ack()
-        last = max(m.metadata.sequence.stream for m in msgs)
+        last = max(item.seq for _, item in acked)
         self.state.last_acked_seq = max(self.state.last_acked_seq, last)
         self.state.processed += result.applied
         self.state.duplicates += result.duplicates
@@ -378,6 +377,23 @@ class ConsumerRunner:
         tmp = self.state_path.with_suffix(".json.tmp")
         tmp.write_bytes(orjson.dumps(asdict(self.state), option=orjson.OPT_INDENT_2))
         os.replace(tmp, self.state_path)
+
+
+def delivery(msg: Msg) -> tuple[int, int, float]:
+    """(times delivered, stream sequence, epoch seconds the message reached the stream),
+    read from the reply subject the server gives a consumed message —
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>``, or
+    the longer form with domain and account hash. ``Msg.metadata`` builds the same from it as
+    dataclasses and a datetime: a few microseconds per event on the ingest path."""
+    tokens = (msg.reply or "").split(".")
+    if tokens[:2] == ["$JS", "ACK"]:
+        if len(tokens) == 9:
+            return int(tokens[4]), int(tokens[5]), int(tokens[7]) / 1e9
+        if len(tokens) >= 11:
+            return int(tokens[6]), int(tokens[7]), int(tokens[9]) / 1e9
+    meta = msg.metadata  # raises NotJSMessageError for anything else
+    arrived = meta.timestamp.timestamp() if meta.timestamp else 0.0
+    return meta.num_delivered or 1, meta.sequence.stream, arrived
 
 
 _TRANSIENT: tuple[type[BaseException], ...] = (

@@ -208,7 +208,7 @@ class EventsRuntime:
                 )
             )
         if "archiver" in self.consumer_names:
-            out.extend(archivers(self.settings.data_dir / "offline"))
+            out.extend(archivers(self.settings.offline_dir))
         for name in self.consumer_names:
             if name in self.factories:
                 out.append(await self.factories[name](self.bus, self.metrics))

@@ -148,7 +148,7 @@ def _store(settings: Settings) -> Any:
 
 def apply(settings: Settings) -> int:
     """Build the feature log from the Parquet archive, generate the repo, ``feast apply``."""
-    rows = build_feature_log(settings.data_dir / "offline", log_path(settings))
+    rows = build_feature_log(settings.offline_dir, log_path(settings))
     generate_repo(settings)
     from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 

@@ -70,7 +70,7 @@ def compact_archive(settings: Any) -> int:
     """Merge the archiver's small files (idempotent); the number of day folders merged."""
     from tipml.events.archive import compact
 
-    return len(compact(settings.data_dir / "offline"))
+    return len(compact(settings.offline_dir))
 
 
 def build_dataset(settings: Any, spec: DatasetSpec, as_of: datetime | None = None) -> TrainingSet:
@@ -78,7 +78,7 @@ def build_dataset(settings: Any, spec: DatasetSpec, as_of: datetime | None = Non
     from tipml.domain.rewards import RewardTable
 
     return build_training_set(
-        settings.data_dir / "offline", RewardTable(settings.rewards), spec, as_of=as_of
+        settings.offline_dir, RewardTable(settings.rewards), spec, as_of=as_of
     )
 
 
