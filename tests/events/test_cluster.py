@@ -18,10 +18,13 @@ from typing import Any
 import nats
 import orjson
 from fastapi.testclient import TestClient
+from nats.errors import Error as NatsError
+from prometheus_client import CollectorRegistry
 
 from tests.conftest import AUTH, make_settings
 from tests.events.helpers import consumer_process, signal, user_total
 from tipml.events.bus import DECISIONS, SIGNALS
+from tipml.events.runtime import EventsRuntime
 from tipml.serving.app import create_app
 from tipml.testing.cluster import NatsCluster
 from tipml.testing.stub_llm import IDLE_GATEWAY_YAML
@@ -102,9 +105,13 @@ def test_a_node_killed_mid_stream_loses_and_doubles_nothing(tmp_path: Path) -> N
                 async def settled() -> tuple[dict[str, int], int]:
                     nc = await nats.connect(cluster.urls)
                     js = nc.jetstream()
-                    totals = {f"u{u}": await user_total(js, f"u{u}") for u in range(USERS)}
-                    logged = (await js.stream_info(DECISIONS)).state.messages
-                    await nc.close()
+                    try:
+                        totals = {f"u{u}": await user_total(js, f"u{u}") for u in range(USERS)}
+                        logged = (await js.stream_info(DECISIONS)).state.messages
+                    except NatsError:  # the restarted node still catching up: ask again
+                        return {}, -1
+                    finally:
+                        await nc.close()
                     return totals, logged
 
                 expected = dict(Counter(f"u{i % USERS}" for i in range(EVENTS)))
@@ -208,3 +215,45 @@ def test_feedback_reaches_the_ranking_of_both_serve_replicas_within_a_second(
         finally:
             consumer.terminate()
             consumer.wait(timeout=30)
+
+
+def test_a_process_started_while_the_cluster_cannot_answer_provisions_once_it_can(
+    tmp_path: Path,
+) -> None:
+    """CI saw a replica's start fail for good on ``nats: timeout`` while several processes
+    created the streams of a fresh cluster at once. Reproduced deterministically: two of three
+    nodes down (no quorum, so every stream request times out) when the process starts; they
+    come back once its first attempt has failed — the process retries and becomes ready, it
+    does not stay failed."""
+    with NatsCluster(tmp_path / "nats") as cluster:
+        cluster.kill(1)
+        cluster.kill(2)
+        settings = make_settings(
+            tmp_path / "replica",
+            nats_url=cluster.urls[0],
+            stream_replicas=3,
+            consumers="inprocess",
+            local_llm="off",
+        )
+        events = EventsRuntime(settings, CollectorRegistry(), consumers=("signals",))
+
+        async def start_and_wait() -> tuple[str, str]:
+            await events.start()
+            details = set()
+            restarted = False
+            began = time.monotonic()
+            while time.monotonic() - began < 90 and events.status != "ready":
+                if events.status == "failed":
+                    break
+                details.add(events.detail.split(":", 1)[0])
+                if not restarted and events.detail.startswith("provisioning streams"):
+                    await asyncio.to_thread(cluster.start, 1)
+                    await asyncio.to_thread(cluster.start, 2)
+                    restarted = True
+                await asyncio.sleep(0.2)
+            status, detail = events.status, events.detail
+            await events.stop()
+            return status, f"{detail} (seen: {details})"
+
+        status, detail = asyncio.run(start_and_wait())
+        assert status == "ready", detail  # it waited for the cluster, retrying

@@ -84,10 +84,13 @@ def _fold(new: UserState, event: SignalEvent) -> None:
     day = int(t // 86400)
     if day not in new["days"]:
         new["days"] = sorted([*new["days"], day])[-KEEP_DAYS:]
-    new["recent"] = sorted(
-        [*new["recent"], {"kind": kind, "ts": t, "text": _summary(event)}],
-        key=lambda r: r["ts"],
-    )[-RECENT:]
+    entry = {"kind": kind, "ts": t, "text": _summary(event)}
+    recent = new["recent"]
+    if recent and t < recent[-1]["ts"]:  # out of order: sorted in (stable, as before)
+        new["recent"] = sorted([*recent, entry], key=lambda r: r["ts"])[-RECENT:]
+    else:  # the common case: appended, the oldest dropped
+        recent.append(entry)
+        del recent[:-RECENT]
 
 
 # -- read-out --------------------------------------------------------------------------------

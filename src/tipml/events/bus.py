@@ -59,6 +59,24 @@ def nats_server_binary() -> str:
     return found
 
 
+def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
+    """Return once the started ``nats-server`` accepts connections on ``port``; a
+    ``ConfigError`` if it exits first or does not listen within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ConfigError(
+                f"nats-server exited at start (code {proc.returncode}); is port {port} taken?"
+            )
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.2),
+        ):
+            return
+        time.sleep(0.05)
+    raise ConfigError(f"nats-server did not listen on {port} within {timeout_s:g} s")
+
+
 class EmbeddedNats:
     """``nats-server -js`` as a child process: JetStream store under ``store_dir``."""
 
@@ -94,21 +112,9 @@ class EmbeddedNats:
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ConfigError(
-                    f"nats-server exited at start (code {self._proc.returncode}); "
-                    f"is port {self.port} taken?"
-                )
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                (self.store_dir.parent / "nats.url").write_text(self.url)
-                return self
-            time.sleep(0.05)
-        raise ConfigError(f"nats-server did not listen on {self.port} within {timeout_s:g} s")
+        wait_listening(self._proc, self.port, timeout_s)
+        (self.store_dir.parent / "nats.url").write_text(self.url)
+        return self
 
     @property
     def running(self) -> bool:
@@ -233,12 +239,11 @@ async def provision(nc: NATS, settings: Settings) -> Bus:
         try:
             await js.key_value(bucket)
         except NotFoundError:
-            await js.create_key_value(
-                KeyValueConfig(
-                    bucket=bucket,
-                    history=1,
-                    storage=storage,
-                    replicas=settings.stream_replicas,
-                )
+            kv_config = KeyValueConfig(
+                bucket=bucket, history=1, storage=storage, replicas=settings.stream_replicas
             )
+            try:
+                await js.create_key_value(kv_config)
+            except BadRequestError:
+                await js.key_value(bucket)  # another process created it meanwhile: use it
     return Bus(nc, js)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
@@ -32,7 +33,7 @@ from tipml.events.bus import (
     connect,
     provision,
 )
-from tipml.events.consumer import ConsumerRunner, Handler
+from tipml.events.consumer import ConsumerRunner, Handler, is_transient
 from tipml.events.decisions import DecisionLog
 from tipml.events.handlers import FeedbackHandler, SignalsHandler
 from tipml.events.metrics import EventMetrics
@@ -168,28 +169,57 @@ class EventsRuntime:
                 self.detail = f"cannot reach NATS at {self.url}: {type(exc).__name__}"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        try:
-            self.bus = await provision(self.nc, self.settings)
-            self._user_kv = await self.bus.kv(USER_FEATURES_BUCKET)
-            for handler in await self._handlers():
-                runner = ConsumerRunner(
-                    self.bus,
-                    handler,
-                    self.settings,
-                    self.metrics,
-                    state_dir=self.settings.data_dir / "state",
-                )
-                await runner.start()
-                self.runners.append(runner)
-            for watch in self.watches:
-                watch.task = asyncio.create_task(self._watch(watch), name=watch.component)
-        except Exception as exc:
-            self.status = "failed"
-            self.detail = f"{type(exc).__name__}: {exc}"[:500]
-            log.error("event backbone failed to start", extra={"error": self.detail})
-            raise
+        attempt = 0
+        while True:
+            try:
+                await self._provision_and_start()
+                break
+            except Exception as exc:
+                detail = f"{type(exc).__name__}: {exc}"[:500]
+                # a stream or bucket "not found" right after it was created is the cluster
+                # still placing it: as transient as a timeout
+                if not (is_transient(exc) or isinstance(exc, NotFoundError)) or (
+                    self._stopping.is_set()
+                ):
+                    self.status = "failed"
+                    self.detail = detail
+                    log.error("event backbone failed to start", extra={"error": detail})
+                    raise
+                # The server is there but cannot answer yet (a cluster electing its
+                # leaders, several processes creating the same streams at once): try again.
+                attempt += 1
+                self.detail = f"provisioning streams, attempt {attempt}: {detail}"
+                log.warning("event backbone not ready; retrying", extra={"error": detail})
+                await self._stop_runners()
+                await asyncio.sleep(min(0.5 * 2 ** min(attempt - 1, 4), 8.0))
         self.status = "ready"
         self.detail = f"connected to {self.url}"
+
+    async def _provision_and_start(self) -> None:
+        assert self.nc is not None
+        self.bus = await provision(self.nc, self.settings)
+        self._user_kv = await self.bus.kv(USER_FEATURES_BUCKET)
+        for handler in await self._handlers():
+            runner = ConsumerRunner(
+                self.bus,
+                handler,
+                self.settings,
+                self.metrics,
+                state_dir=self.settings.data_dir / "state",
+            )
+            await runner.start()
+            self.runners.append(runner)
+        for watch in self.watches:
+            watch.task = asyncio.create_task(self._watch(watch), name=watch.component)
+
+    async def _stop_runners(self) -> None:
+        results = await asyncio.gather(
+            *(runner.stop() for runner in self.runners), return_exceptions=True
+        )
+        self.runners = []
+        for result in results:
+            if isinstance(result, BaseException):
+                log.error("consumer stop failed", extra={"error": repr(result)[:300]})
 
     async def _handlers(self) -> list[Handler]:
         assert self.bus is not None
@@ -348,12 +378,7 @@ class EventsRuntime:
     async def stop(self) -> None:
         """Every step runs whatever the one before did: consumers, the tip view, the decision
         flush (or spill), the NATS connection, the embedded server."""
-        results = await asyncio.gather(
-            *(runner.stop() for runner in self.runners), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                log.error("consumer stop failed", extra={"error": repr(result)[:300]})
+        await self._stop_runners()
         self._stopping.set()
         for watch in self.watches:
             if watch.task is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import nats
 
-from tipml.events.bus import nats_server_binary
+from tipml.events.bus import nats_server_binary, wait_listening
 from tipml.net import die_with_parent, free_port
 
 
@@ -49,7 +48,7 @@ class NatsCluster:
         store = self.root / self.name(i)
         store.mkdir(parents=True, exist_ok=True)
         log = (self.root / f"{self.name(i)}.log").open("ab")
-        self._procs[i] = subprocess.Popen(
+        self._procs[i] = proc = subprocess.Popen(
             [
                 nats_server_binary(),
                 "-js",
@@ -74,15 +73,7 @@ class NatsCluster:
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.ports[i]), timeout=0.2),
-            ):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"node {self.name(i)} did not listen on {self.ports[i]}")
+        wait_listening(proc, self.ports[i], timeout_s)
 
     def kill(self, i: int) -> None:
         """SIGKILL: the node vanishes mid-whatever, as a crashed machine does."""
