@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,11 @@ SPEC = DatasetSpec(wait_s=600)
 # these tests are about registration and serving; the gates have their own tests, and a few
 # hundred held-out rows per region make the AUC gap too noisy for the default limits here
 GATES = GateConfig(max_gap={"auc": 0.5, "log_loss": 0.5, "ece": 0.3})
+# The second version exists to be a shadow beside the champion, whatever its quality: its
+# off-policy comparison with the champion (a 5-leaf model against a 31-leaf one) depends on
+# the simulated traffic, and CI once saw it confidently worse (upper bound of the difference
+# -0.0028), which the OPE gate rightly refused. Here that gate is opened; the others hold.
+SHADOW_GATES = replace(GATES, ope_tolerance=1.0)
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -65,7 +71,7 @@ def versions(traffic: Traffic) -> dict[str, str]:
     second = train_flow(
         traffic.settings,
         spec=SPEC,
-        gates=GATES,
+        gates=SHADOW_GATES,
         params=TrainParams(num_leaves=5, seed=11),
         as_of=LATER,
     )
