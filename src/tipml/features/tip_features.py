@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -22,8 +22,12 @@ from tipml.domain.tips import NO_STATS, TipStats, smoothed_rate
 from tipml.features.profile_schema import CATEGORIES, ValidatedProfile
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """One candidate tip of a request. A named tuple, not a frozen dataclass: a request
+    builds up to 1,000 of them, and a frozen dataclass's ``__init__`` (one
+    ``object.__setattr__`` per field) cost ≈ 0.5 µs each, half of ``/score``'s candidate
+    handling."""
+
     tip_id: str
     category: str | None = None
     tags: tuple[str, ...] = ()
@@ -110,6 +114,16 @@ _ONLINE = frozenset(ONLINE_COLUMNS)
 # Names the column set: a decision logged under another set cannot be rebuilt bit for bit.
 FEATURE_SET = hashlib.blake2b("\n".join(FEATURE_NAMES).encode(), digest_size=4).hexdigest()
 COLUMN: Mapping[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_RATE = COLUMN["tip_reward_rate"]
+_LOG_IMPRESSIONS = COLUMN["tip_log_impressions"]
+_IS_GENERATED = COLUMN["is_generated"]
+_N_TAGS = COLUMN["n_tags"]
+_CATEGORY_MATCH = COLUMN["category_match"]
+_CATEGORY_COLUMN: Mapping[str, int] = {c: COLUMN[f"category_is_{c}"] for c in CATEGORIES}
+_CATEGORY_FIRST = min(_CATEGORY_COLUMN.values())
+_CATEGORY_END = _CATEGORY_FIRST + len(CATEGORIES)
+# the one-hot block is contiguous (one slice assignment per request)
+assert sorted(_CATEGORY_COLUMN.values()) == list(range(_CATEGORY_FIRST, _CATEGORY_END))
 
 
 def feature_hash(x: npt.NDArray[np.float64]) -> str:
@@ -190,18 +204,31 @@ def _candidate_columns(
     reward: npt.NDArray[np.float64],
     favorites: npt.NDArray[np.object_],
 ) -> None:
-    """The candidate-level columns, one vectorised assignment per column. ``favorites``: each
-    row's favourite category ("" when unknown)."""
-    x[:, COLUMN["tip_reward_rate"]] = smoothed_rate(reward, impressions)
-    x[:, COLUMN["tip_log_impressions"]] = np.log1p(impressions)
-    x[:, COLUMN["is_generated"]] = [c.source == "generated" for c in candidates]
-    x[:, COLUMN["n_tags"]] = [len(c.tags) for c in candidates]
-    categories = np.array([c.category or "" for c in candidates], dtype=object)
-    known = categories != ""
-    for cat in CATEGORIES:
-        x[known, COLUMN[f"category_is_{cat}"]] = categories[known] == cat
-    both = known & (favorites != "")
-    x[both, COLUMN["category_match"]] = categories[both] == favorites[both]
+    """The candidate-level columns. ``favorites``: each row's favourite category ("" when
+    unknown). The category one-hot is set per row from a dict lookup (one pass over the
+    candidates), not by comparing an object array once per category: that was ≈ 40 % of a
+    100-candidate request's feature time."""
+    x[:, _RATE] = smoothed_rate(reward, impressions)
+    x[:, _LOG_IMPRESSIONS] = np.log1p(impressions)
+    x[:, _IS_GENERATED] = [c.source == "generated" for c in candidates]
+    x[:, _N_TAGS] = [len(c.tags) for c in candidates]
+    known = [i for i, c in enumerate(candidates) if c.category]
+    if not known:
+        return
+    # a known category: 0 in every category column, then 1 in its own (an unlisted one: all 0)
+    x[known, _CATEGORY_FIRST:_CATEGORY_END] = 0.0
+    hits = [
+        (i, col)
+        for i in known
+        if (col := _CATEGORY_COLUMN.get(candidates[i].category or "")) is not None
+    ]
+    if hits:
+        rows, cols = zip(*hits, strict=True)
+        x[list(rows), list(cols)] = 1.0
+    favorite = favorites.tolist()
+    both = [i for i in known if favorite[i]]
+    if both:
+        x[both, _CATEGORY_MATCH] = [candidates[i].category == favorite[i] for i in both]
 
 
 def feature_matrix(

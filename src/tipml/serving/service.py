@@ -161,17 +161,17 @@ class ScoreService:
                 f"candidates: {len(req.candidates)} given, at most {limit} allowed",
                 field="candidates",
             )
-        seen: dict[str, int] = {}
-        out: list[Candidate] = []
-        for i, c in enumerate(req.candidates):
-            if c.tip_id in seen:
-                raise InvalidRequest(
-                    f"candidates.{i}.tip_id: duplicate tip_id {shown(c.tip_id)} "
-                    f"(also at candidates.{seen[c.tip_id]})",
-                    field=f"candidates.{i}.tip_id",
-                )
-            seen[c.tip_id] = i
-            out.append(Candidate(c.tip_id, c.category, tuple(c.tags), c.source))
+        out = [Candidate(c.tip_id, c.category, tuple(c.tags), c.source) for c in req.candidates]
+        if len({c.tip_id for c in out}) < len(out):  # the slow way only to name the duplicate
+            seen: dict[str, int] = {}
+            for i, c in enumerate(out):
+                if c.tip_id in seen:
+                    raise InvalidRequest(
+                        f"candidates.{i}.tip_id: duplicate tip_id {shown(c.tip_id)} "
+                        f"(also at candidates.{seen[c.tip_id]})",
+                        field=f"candidates.{i}.tip_id",
+                    )
+                seen[c.tip_id] = i
         return out
 
     def score(
@@ -230,11 +230,14 @@ class ScoreService:
         }
         self.metrics.scored_candidates.observe(len(candidates))
         score_id: str = response["score_id"]
-        rank_of = {i: r + 1 for r, i in enumerate(order)}
+        ranks = [0] * len(order)
+        for r, i in enumerate(order):
+            ranks[i] = r + 1
         _lap(stage["response"], mark)
 
         def record() -> None:
             began = time.perf_counter()
+            tips = [snapshot.get(c.tip_id, NO_STATS) for c in candidates]
             shadow_log = None
             if shadow is not None:
                 try:
@@ -271,18 +274,20 @@ class ScoreService:
                     # every candidate, not only the top k: off-policy evaluation needs them all
                     "candidates": [
                         {
-                            "tip_id": c.tip_id,
-                            "category": c.category,
-                            "source": c.source,
-                            "tags": list(c.tags),
+                            "tip_id": tip_id,
+                            "category": category,
+                            "source": source,
+                            "tags": list(tags),
                             # the tip aggregates as serving saw them (point in time)
-                            "tip_impressions": snapshot.get(c.tip_id, NO_STATS).impressions,
-                            "tip_reward_sum": snapshot.get(c.tip_id, NO_STATS).reward_sum,
-                            "score": score_list[i],
-                            "propensity": propensities[i],
-                            "rank": rank_of[i],
+                            "tip_impressions": tip.impressions,
+                            "tip_reward_sum": tip.reward_sum,
+                            "score": score,
+                            "propensity": propensity,
+                            "rank": rank,
                         }
-                        for i, c in enumerate(candidates)
+                        for (tip_id, category, tags, source), tip, score, propensity, rank in zip(
+                            candidates, tips, score_list, propensities, ranks, strict=True
+                        )
                     ],
                 },
             )
