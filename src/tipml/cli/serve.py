@@ -15,6 +15,16 @@ from tipml.errors import TipmlError
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            envvar="TIPML_WORKERS",
+            help="Serving processes sharing the port (one per core): each a whole replica; "
+            "the embedded NATS server and local model are started once and shared.",
+        ),
+    ] = 1,
 ) -> None:
     """Serve /score and /generate (FastAPI on uvicorn)."""
     import uvicorn
@@ -26,6 +36,11 @@ def serve(
     try:
         settings = load_settings()
         configure_logging(settings.log_level)
+        if workers > 1:
+            from tipml.serving.workers import serve_workers
+
+            serve_workers(settings, host=host, port=port, workers=workers)
+            return
         application = create_app(settings)
     except TipmlError as exc:
         fail(exc)

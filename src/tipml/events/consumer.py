@@ -374,7 +374,9 @@ class ConsumerRunner:
         if self.state_path is None:
             return
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".json.tmp")
+        # a private name: the consumers of other processes on this data dir (``tipml serve
+        # --workers N``, a second ``tipml consume``) write the same state file
+        tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(orjson.dumps(asdict(self.state), option=orjson.OPT_INDENT_2))
         os.replace(tmp, self.state_path)
 

@@ -145,3 +145,14 @@ def create_app(settings: Settings, *, scorer: Scorer | None = None) -> FastAPI:
         log_requests=settings.log_requests,
     )
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of one ``tipml serve --workers N`` worker (uvicorn imports this factory in each
+    worker process): settings from the environment the supervisor prepared."""
+    from tipml.logs import configure_logging
+    from tipml.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
@@ -293,4 +294,12 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 )
 async def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus exposition."""
-    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # with `--workers N`: the sum over the workers, through prometheus_client's multi-process
+    # mode (gauges carry a `pid` label there)
+    registry = runtime.metrics.registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -157,7 +157,7 @@ class CompiledScorer:
         cache_dir.mkdir(parents=True, exist_ok=True)
         model_file = cache_dir / f"{key}.txt"
         if not model_file.exists():
-            tmp = model_file.with_name(f".{model_file.name}.tmp")
+            tmp = model_file.with_name(f".{model_file.name}.{os.getpid()}.tmp")
             tmp.write_text(text)
             tmp.replace(model_file)
         model = lleaves.Model(model_file=str(model_file))
