@@ -13,6 +13,10 @@ per request:
    shadow model's scores (``TIPML_SHADOW``), and once reading online features from Feast's
    Redis online store (``--redis``, default 127.0.0.1:6379) instead of the in-memory replica;
 2. the obvious FastAPI + booster (``bench/naive_booster.py``): parse 100 rows, predict, return;
+   then (``--workers N``, default 2) ``tipml serve --workers N`` and the same naive service
+   under ``uvicorn --workers N`` with one LightGBM thread per worker (``OMP_NUM_THREADS=1``;
+   one process of it already spins a LightGBM thread on every core) — one process per core,
+   each system at its best;
 3. ``mlflow models serve`` of the same registered version (``--env-manager local``), sent the
    same 100 rows as a ``dataframe_split`` — the model alone, no features or logging;
 4. the floors: a FastAPI no-op POST (same body as ``/score``) and tipml's ``/healthz``.
@@ -155,8 +159,15 @@ def start_peer(port: int, data_dir: Path, version: str) -> subprocess.Popen[byte
     raise SystemExit(f"mlflow models serve did not come up:\n{log}")
 
 
-def start_naive(port: int, model_file: Path, data_dir: Path) -> subprocess.Popen[bytes]:
+def start_naive(
+    port: int, model_file: Path, data_dir: Path, workers: int = 1
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "TIPML_NAIVE_MODEL": str(model_file)}
+    if workers > 1:
+        # one LightGBM thread per worker: with its default (a thread per core, spinning) two
+        # workers oversubscribe the cores and collapse (975 rps, p99 122 ms at 16 connections
+        # in the 16:45 UTC run) — the naive service at its best on N cores, not a straw man
+        env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -168,6 +179,8 @@ def start_naive(port: int, model_file: Path, data_dir: Path) -> subprocess.Popen
             "--log-level",
             "warning",
             "--no-access-log",
+            "--workers",
+            str(workers),
         ],
         env=env,
         cwd=Path(__file__).resolve().parents[1],
@@ -274,6 +287,13 @@ def main() -> None:
     )
     parser.add_argument("--no-saturation", action="store_true")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="also measure `tipml serve --workers N` and the naive service under `uvicorn "
+        "--workers N` (0: skip)",
+    )
+    parser.add_argument(
         "--redis", default="127.0.0.1:6379", help="Redis for the Feast online-store row"
     )
     args = parser.parse_args()
@@ -332,6 +352,39 @@ def main() -> None:
                 for name in ("tipml", "naive", "mlflow"):
                     results[f"{name}_saturation"] = saturation(targets[name], args.step)
                     Console().print(f"{name}: {results[f'{name}_saturation']['capacity_rps']} rps")
+            if args.workers > 1:  # one process per core, each system its own way
+                w = args.workers
+                ports.update(tipml_w=free_port(), naive_w=free_port())
+                base["TIPML_DATA_DIR"] = str(data_dir / "svc-workers")
+                workers_env = {**base, "TIPML_SHADOW": "0", "TIPML_WORKERS": str(w)}
+                started = [
+                    start_service(ports["tipml_w"], token, workers_env),
+                    start_naive(ports["naive_w"], model_file, data_dir, workers=w),
+                ]
+                procs.extend(started)
+                for name, target in (
+                    (
+                        "tipml_workers",
+                        Target(f"http://127.0.0.1:{ports['tipml_w']}/score", score_file, auth),
+                    ),
+                    (
+                        "naive_workers",
+                        Target(
+                            f"http://127.0.0.1:{ports['naive_w']}/predict", data_dir / "rows.json"
+                        ),
+                    ),
+                ):
+                    if args.warmup:
+                        target.hey(args.rate, args.warmup)
+                    results[name] = target.hey(args.rate, args.duration)
+                    Console().print(f"{name}: {results[name]}")
+                    if not args.no_saturation:
+                        results[f"{name}_saturation"] = saturation(target, args.step)
+                        cap = results[f"{name}_saturation"]["capacity_rps"]
+                        Console().print(f"{name}: {cap} rps")
+                for proc in started:
+                    proc.terminate()
+                    proc.wait(timeout=60)
             base["TIPML_DATA_DIR"] = str(data_dir / "svc-shadow")
             procs.append(start_service(ports["shadow"], token, {**base, "TIPML_SHADOW": "1"}))
             shadow = Target(f"http://127.0.0.1:{ports['shadow']}/score", score_file, auth)
@@ -373,6 +426,15 @@ def main() -> None:
         for peer in ("naive", "mlflow"):
             theirs = results[f"{peer}_saturation"]["capacity_rps"]
             results[f"capacity_ratio_vs_{peer}"] = round(ours / theirs, 2) if theirs else None
+        if "tipml_workers_saturation" in results:
+            ours_w = results["tipml_workers_saturation"]["capacity_rps"]
+            naive = results["naive_saturation"]["capacity_rps"]
+            naive_w = results["naive_workers_saturation"]["capacity_rps"]
+            results["workers"] = args.workers
+            results["capacity_ratio_workers_vs_naive"] = round(ours_w / naive, 2) if naive else None
+            results["capacity_ratio_workers_vs_naive_workers"] = (
+                round(ours_w / naive_w, 2) if naive_w else None
+            )
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for name in (f"model-serving-{stamp}.json", "model-serving-latest.json"):
@@ -391,12 +453,19 @@ def main() -> None:
         ("tipml /score (registry model, features, policy, decision log)", "tipml"),
         ("tipml /score + shadow model", "tipml_shadow"),
         ("tipml /score, online features from Feast on Redis", "tipml_redis"),
+        (f"tipml /score, serve --workers {args.workers}", "tipml_workers"),
         ("naive FastAPI + booster (parse rows, predict, return)", "naive"),
+        (
+            f"naive FastAPI + booster, uvicorn --workers {args.workers}, 1 LightGBM thread each",
+            "naive_workers",
+        ),
         ("mlflow models serve (same model)", "mlflow"),
         ("floor: FastAPI no-op POST", "floor_noop"),
         ("floor: tipml /healthz", "floor_healthz"),
     ):
-        r = results[key]
+        r = results.get(key)
+        if r is None:
+            continue
         if "error" in r:
             table.add_row(label, "failed", r["error"][:60], "", "", "", "")
             continue
@@ -416,6 +485,12 @@ def main() -> None:
             f"capacity: tipml / naive x{results['capacity_ratio_vs_naive']}, "
             f"tipml / mlflow x{results['capacity_ratio_vs_mlflow']}"
         )
+        if "capacity_ratio_workers_vs_naive" in results:
+            Console().print(
+                f"with {args.workers} workers: tipml / naive (1 process) "
+                f"x{results['capacity_ratio_workers_vs_naive']}, tipml / naive "
+                f"({args.workers} workers) x{results['capacity_ratio_workers_vs_naive_workers']}"
+            )
 
 
 if __name__ == "__main__":

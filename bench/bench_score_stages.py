@@ -10,6 +10,11 @@ and serialisation, the decision record); the benchmark reads the histograms befo
 the measured window (warm-up excluded) and prints the mean per stage. With py-spy installed
 (dev extra) it also records the service during the window: ``bench/results/score-flame.svg``
 (open it in a browser) — issue 10's "profile first".
+
+``--in-process``: the same stages without HTTP, NATS or a load generator — the validation and
+``ScoreService.score`` (and the deferred decision record, serialised as the decision log
+does) called one after another in this process, best of 3 x 2,000: the CPU a request costs
+when nothing else wants the core.
 """
 
 from __future__ import annotations
@@ -69,13 +74,105 @@ async def measure(base: str, token: str, rate: float, duration: float, warmup: f
     return load, stages
 
 
+def in_process(data_dir: Path, model_file: Path, repeat: int = 2000) -> dict[str, float]:
+    """Microseconds per call of each piece of a ``/score``, in a quiet process."""
+    import timeit
+
+    import orjson
+
+    from bench.bench_serving import score_body
+    from tipml.serving.app import create_app
+    from tipml.serving.endpoints import validate_json
+    from tipml.serving.schemas import ScoreRequest
+    from tipml.settings import Settings
+
+    settings = Settings(
+        dev=True,
+        consumers="off",
+        scorer="lightgbm",
+        model_path=model_file,
+        data_dir=data_dir / "in-process",
+        gateway_config=data_dir / "gateway.yaml",
+        local_llm="off",
+    )
+    service = create_app(settings).state.runtime.score_service
+
+    class Serialised:  # what DecisionLog.record costs before its queue: one orjson.dumps
+        def record(self, kind: str, decision_id: str, payload: dict[str, Any]) -> None:
+            orjson.dumps(payload, default=str)
+
+    service.decisions = Serialised()
+    body = json.dumps(score_body(0)).encode()
+    req = validate_json(ScoreRequest, body)
+
+    def score() -> None:
+        service.score(req, defer=lambda job: None)
+
+    def score_and_record() -> None:
+        jobs: list[Any] = []
+        service.score(req, defer=jobs.append)
+        jobs[0]()
+
+    def whole() -> None:
+        jobs: list[Any] = []
+        orjson.dumps(service.score(validate_json(ScoreRequest, body), defer=jobs.append))
+        jobs[0]()
+
+    pieces = {
+        "parse_validate": lambda: validate_json(ScoreRequest, body),
+        "candidates": lambda: service._candidates(req),
+        "score (features, model, policy, response)": score,
+        "score + record": score_and_record,
+        "whole request (no HTTP)": whole,
+    }
+    out = {}
+    for name, fn in pieces.items():
+        for _ in range(200):
+            fn()
+        best = min(timeit.repeat(fn, number=repeat, repeat=3)) / repeat
+        out[name] = round(best * 1e6, 1)
+    out["record"] = round(
+        out["score + record"] - out["score (features, model, policy, response)"], 1
+    )
+    return out
+
+
+def main_in_process() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        (data_dir / "gateway.yaml").write_text(STUB_GATEWAY)
+        _, _, model_file = register_model(data_dir)
+        results = in_process(data_dir, model_file)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "when": stamp,
+        "machine": machine(),
+        "model": "200 trees x 31 leaves, compiled",
+        "candidates": 100,
+        "us_per_call": results,
+    }
+    for name in (f"score-inprocess-{stamp}.json", "score-inprocess-latest.json"):
+        (RESULTS / name).write_text(json.dumps(doc, indent=2) + "\n")
+    table = Table("piece", "µs per call", title=f"/score in a quiet process — {stamp}")
+    for name, us in results.items():
+        table.add_row(name, f"{us:,.1f}")
+    Console().print(table)
+
+
 def main() -> None:
+    if "--in-process" in sys.argv:
+        main_in_process()
+        return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--duration", type=float, default=20)
     # 20 s: with --consumers-apart, `tipml consume` starts (imports, catch-up) in this time
     parser.add_argument("--warmup", type=float, default=20)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--in-process", action="store_true", help="time the pieces without HTTP (see above)"
+    )
     parser.add_argument(
         "--consumers-apart",
         action="store_true",
