@@ -188,3 +188,50 @@ def test_the_same_task_trains_on_a_two_worker_dask_cluster(traffic: Traffic) -> 
     assert model.text.startswith("tree\n")
     p = model.predict(ts.x)
     assert auc(ts.y, p) > 0.55
+
+
+def test_the_ope_gate_reads_the_paired_difference_against_the_logged_ranking(
+    traffic: Traffic,
+) -> None:
+    """The OPE gate on the same held-out decisions: the trained model, and the same model with
+    its scores negated (it ranks first what the model ranks last). The paired DR difference
+    puts the inverted model below the logged ranking and below the trained model; the gate
+    refuses exactly when the upper end of that interval is below zero (on this small simulated
+    log the interval is wide: in some runs the inverted model is confidently worse, in others
+    not — what the shadow is for). The logged ranking against itself differs by exactly 0, at
+    every resample, and passes: the gate never refuses "not proven better"."""
+    from tipml.pipelines.evaluate import evaluate_model, ope_versus_champion, time_split
+
+    ts = _build(traffic)
+    model, report = fit_and_evaluate(ts, TrainParams(), GateConfig())
+    booster = model.booster()
+    cols = [ts.feature_names.index(n) for n in model.feature_names]
+    train_rows, _ = time_split(ts, GateConfig().holdout)
+
+    def inverted(x: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+        return -np.asarray(booster.predict(x[:, cols], num_threads=1), dtype=np.float64)
+
+    worse = evaluate_model(ts, inverted, ~train_rows, GateConfig())
+    diff, ours = worse.ope["difference_dr"], report.ope["difference_dr"]
+    assert diff["value"] < 0
+    assert diff["value"] < ours["value"]
+    gate = next(g for g in worse.gates if g.name.startswith("ope dr vs champion"))
+    assert gate.value == diff["ci"][1]
+    assert gate.passed == (diff["ci"][1] >= 0)
+    assert ("ope dr vs champion" in worse.reason()) == (not gate.passed)
+
+    # the champion's own logged scores as the challenger: a difference of exactly 0
+    held = list(dict.fromkeys(np.asarray(ts.decision_ids)[~train_rows].tolist()))[-200:]
+    pairs = [(d, ts.decision_labels[d["decision_id"]]) for d in ts.load_decisions(held)]
+    logged = iter([d for d, _ in pairs])
+
+    def logged_scores(x: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+        d = next(logged)  # called once per decision, in order
+        assert len(d["candidates"]) == x.shape[0]
+        return np.asarray([float(c["score"]) for c in d["candidates"]], dtype=np.float64)
+
+    same = ope_versus_champion(
+        [d for d, _ in pairs], [r for _, r in pairs], logged_scores, n_boot=100, seed=0
+    )
+    assert same["difference_dr"] == {"value": 0.0, "ci": [0.0, 0.0]}
+    assert same["top1_agreement"] == 1.0
