@@ -39,6 +39,9 @@ def test_cluster_script_starts_the_layout_and_stops_it(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # as from a terminal: Ctrl-C is not ignored (a test run started in the background,
+        # `nohup … &`, would hand it down ignored, and bash cannot trap an ignored signal)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     nats_ports: list[int] = []
     try:

@@ -10,7 +10,6 @@ Each node has its own store, client port and route port; every node routes to th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import subprocess
 import sys
@@ -126,10 +125,16 @@ class NatsCluster:
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else ".tipml/cluster/nats")
+    stop = {signal.SIGINT, signal.SIGTERM}
+    # Handlers first: a process started in the background of a script inherits SIGINT
+    # *ignored*, and an ignored signal is discarded, never waited for (CI's run of
+    # cluster.sh hung on this process after Ctrl-C). Then blocked, so sigwait receives them.
+    for sig in stop:
+        signal.signal(sig, lambda *_: None)
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     with NatsCluster(root) as cluster:
         print(cluster.url, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop)
 
 
 if __name__ == "__main__":
