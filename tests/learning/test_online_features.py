@@ -149,9 +149,20 @@ def test_a_slow_online_read_scores_without_the_online_columns(
         while not client.get("/readyz").json()["components"]["nats"]["ok"]:
             assert time.monotonic() < deadline, client.get("/readyz").json()
             time.sleep(0.05)
-        r = client.post(
-            "/score", json={"user_id": "late-u", "candidates": CANDIDATES}, headers=AUTH
-        )
-        assert r.status_code == 200
-        metrics = client.get("/metrics").text
-    assert "tipml_score_online_missing_total 1.0" in metrics
+        # A reply that lands in the same turn of the event loop as the budget's end is used
+        # (asyncio.wait_for returns a result that beat the cancellation): on a loaded machine
+        # one read in a while does "answer this fast". Over 20 requests, some run out.
+        counted = 0.0
+        for _ in range(20):
+            r = client.post(
+                "/score", json={"user_id": "late-u", "candidates": CANDIDATES}, headers=AUTH
+            )
+            assert r.status_code == 200  # scored all the same, without the online columns
+            metrics = client.get("/metrics").text
+            line = next(
+                x for x in metrics.splitlines() if x.startswith("tipml_score_online_missing_total")
+            )
+            counted = float(line.rsplit(" ", 1)[1])
+            if counted >= 1:
+                break
+    assert counted >= 1

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -233,16 +234,7 @@ class Runtime:
                 if model_path is None:
                     model_path = await asyncio.to_thread(assemble_default_model, settings.data_dir)
                 settings.data_dir.mkdir(parents=True, exist_ok=True)
-                llm = LocalLLM(
-                    model_path,
-                    server=settings.local_llm_server,
-                    threads=settings.local_llm_threads,
-                    n_ctx=settings.local_llm_ctx,
-                    slots=settings.local_llm_slots,
-                    nice=settings.local_llm_nice,
-                    poll=settings.local_llm_poll,
-                    log_path=settings.data_dir / "local-llm.log",
-                )
+                llm = local_llm(settings, model_path)
                 state.local_llm = llm
                 llm.start()
                 await llm.wait_ready(settings.local_llm_startup_s)
@@ -320,6 +312,20 @@ def _learner(settings: Settings, experiments: ExperimentsConfig) -> Any:
         RewardTable(settings.rewards),
         horizon_s=settings.dedupe_horizon_s,
         grace_s=settings.learner_grace_s,
+    )
+
+
+def local_llm(settings: Settings, model_path: Path) -> LocalLLM:
+    """The embedded llama.cpp server as the settings configure it (not started)."""
+    return LocalLLM(
+        model_path,
+        server=settings.local_llm_server,
+        threads=settings.local_llm_threads,
+        n_ctx=settings.local_llm_ctx,
+        slots=settings.local_llm_slots,
+        nice=settings.local_llm_nice,
+        poll=settings.local_llm_poll,
+        log_path=settings.data_dir / "local-llm.log",
     )
 
 

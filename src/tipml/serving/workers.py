@@ -34,19 +34,9 @@ MULTIPROC_VAR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _start_llm(settings: Settings) -> LocalLLM:
-    from tipml.serving.runtime import _warm_prompts
+    from tipml.serving.runtime import _warm_prompts, local_llm
 
-    model = settings.local_llm_model or assemble_default_model(settings.data_dir)
-    llm = LocalLLM(
-        model,
-        server=settings.local_llm_server,
-        threads=settings.local_llm_threads,
-        n_ctx=settings.local_llm_ctx,
-        slots=settings.local_llm_slots,
-        nice=settings.local_llm_nice,
-        poll=settings.local_llm_poll,
-        log_path=settings.data_dir / "local-llm.log",
-    )
+    llm = local_llm(settings, settings.local_llm_model or assemble_default_model(settings.data_dir))
     llm.start()
 
     async def ready() -> None:
