@@ -223,3 +223,16 @@ def test_every_score_stage_is_timed_once_per_request(client: TestClient) -> None
     counts = _stage_counts(client.get("/metrics").text)
     # a refused body reaches no stage: only the three answered requests are timed
     assert counts == dict.fromkeys(SCORE_STAGES, 3.0)
+
+
+def test_metrics_stay_this_process_s_when_feast_sets_the_multiprocess_variable(
+    client: TestClient, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing Feast sets ``PROMETHEUS_MULTIPROC_DIR`` in the process (feast/metrics.py);
+    ``/metrics`` of a single process must still report its own counters (it read the empty
+    multi-process directory instead: a full test run's page lost ``/score``'s counters)."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    body = {"user_id": "u-m", "candidates": [{"tip_id": "a"}, {"tip_id": "b"}]}
+    assert client.post("/score", json=body, headers=AUTH).status_code == 200
+    page = client.get("/metrics").text
+    assert 'tipml_http_requests_total{method="POST",route="/score",status="200"} 1.0' in page

@@ -125,6 +125,8 @@ def _is_json(request: Request) -> bool:
 
 
 router = APIRouter(route_class=JSONRoute)
+# set by `tipml serve --workers N` (serving/workers.py) in its workers: their metrics directory
+WORKER_METRICS_VAR = "TIPML_WORKER_METRICS_DIR"
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -296,10 +298,13 @@ async def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus exposition."""
     # with `--workers N`: the sum over the workers, through prometheus_client's multi-process
     # mode (gauges carry a `pid` label there)
+    # (our own variable, not PROMETHEUS_MULTIPROC_DIR: importing Feast sets that one in any
+    # process that imports it, and a single process's page would then read empty files)
     registry = runtime.metrics.registry
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    shared = os.environ.get(WORKER_METRICS_VAR)
+    if shared:
         from prometheus_client import CollectorRegistry, multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry, path=shared)  # type: ignore[no-untyped-call]
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

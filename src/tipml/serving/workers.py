@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tipml.errors import ConfigError
 from tipml.events.bus import EmbeddedNats
+from tipml.serving.endpoints import WORKER_METRICS_VAR
 from tipml.serving.gateway import LOCAL_LLM_VAR, load_gateway_config
 from tipml.serving.local_llm import LocalLLM, assemble_default_model
 from tipml.settings import Settings
@@ -103,7 +104,8 @@ def serve_workers(settings: Settings, *, host: str, port: int, workers: int) -> 
             threading.Thread(
                 target=_supervise_llm, args=(llm, settings, stop), name="llm-watch", daemon=True
             ).start()
-        os.environ[MULTIPROC_VAR] = str(metrics_dir)
+        os.environ[MULTIPROC_VAR] = str(metrics_dir)  # prometheus_client's, read at import
+        os.environ[WORKER_METRICS_VAR] = str(metrics_dir)  # /metrics sums the workers
         log.info("starting workers", extra={"workers": workers, "port": port})
         uvicorn.run(
             "tipml.serving.app:app_from_env",
