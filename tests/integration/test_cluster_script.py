@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -93,3 +94,25 @@ def test_cluster_script_starts_the_layout_and_stops_it(tmp_path: Path) -> None:
     while any(_listening(p) for p in [*ports, *nats_ports]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [p for p in [*ports, *nats_ports] if _listening(p)]
+
+
+def test_the_cluster_runner_stops_on_sigint_even_when_started_with_it_ignored(
+    tmp_path: Path,
+) -> None:
+    """A script's background job inherits SIGINT ignored; the runner must still stop on it
+    (sigwait never sees an ignored signal: CI's nohup'd run hung here)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tipml.testing.cluster", str(tmp_path / "nats")],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("nats://")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
