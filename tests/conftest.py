@@ -85,6 +85,54 @@ def redis_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3 API on loopback (moto's server: the stand-in for a hosted object store, which
+    cannot run here), with test credentials in the environment. Tests make their own bucket."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access-log line per request
+    patch = pytest.MonkeyPatch()
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        patch.setenv(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+    patch.undo()
+
+
+@pytest.fixture
+def s3_archive(s3_endpoint: str) -> tuple[str, dict[str, Any]]:
+    """A fresh bucket for one test's archive: (TIPML_ARCHIVE_URL, TIPML_ARCHIVE_OPTIONS)."""
+    import uuid
+
+    import fsspec
+
+    bucket = f"archive-{uuid.uuid4().hex[:12]}"
+    options: dict[str, Any] = {"endpoint_url": s3_endpoint}
+    fsspec.filesystem("s3", **options).mkdir(bucket)
+    return f"s3://{bucket}/offline", options
+
+
+@pytest.fixture(params=["directory", "s3"])
+def archive_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Settings naming one archive location, once per kind of store: a directory (every
+    process mounts it; a part is renamed into place) and a bucket in an S3 API (no rename: a
+    part is one PUT)."""
+    if request.param == "directory":
+        return {"archive_dir": tmp_path / "shared-offline"}
+    url, options = request.getfixturevalue("s3_archive")
+    return {"archive_url": url, "archive_options": options}
+
+
+@pytest.fixture(scope="session")
 def stub_llm() -> Iterator[StubLLM]:
     with StubLLM() as stub:
         yield stub

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tipml.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tipml.events.location import ArchiveLocation
 
 DEFAULT_GATEWAY_CONFIG = Path(__file__).parent / "serving" / "gateway.yaml"
 DEFAULT_EXPERIMENTS_CONFIG = Path(__file__).parent / "experiments" / "experiments.yaml"
@@ -33,6 +36,18 @@ class Settings(BaseSettings):
         description="The offline log (Parquet archive), one location for every archiver and "
         "reader: with several consume processes, a path they all mount. Default "
         "<data_dir>/offline.",
+    )
+    archive_url: str | None = Field(
+        None,
+        description="The offline log in object storage instead: an fsspec URL such as "
+        "s3://bucket/prefix (S3 and S3-compatible stores via s3fs; other protocols need their "
+        "package installed). Overrides archive_dir. Credentials come from the store's own "
+        "environment (AWS_ACCESS_KEY_ID, …).",
+    )
+    archive_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Options of the archive_url filesystem as JSON, e.g. {"endpoint_url": '
+        '"http://minio:9000"} for an S3-compatible store.',
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_requests: bool = Field(True, description="One JSON access-log line per request.")
@@ -237,8 +252,18 @@ class Settings(BaseSettings):
 
     @property
     def offline_dir(self) -> Path:
-        """Where the archive lives (``TIPML_ARCHIVE_DIR``, else ``<data_dir>/offline``)."""
+        """The archive's directory (``TIPML_ARCHIVE_DIR``, else ``<data_dir>/offline``); with
+        ``TIPML_ARCHIVE_URL`` the archive is :attr:`archive`, not here."""
         return self.archive_dir if self.archive_dir is not None else self.data_dir / "offline"
+
+    @property
+    def archive(self) -> ArchiveLocation:
+        """Where the archive lives: ``TIPML_ARCHIVE_URL``, else :attr:`offline_dir`."""
+        from tipml.events.location import ArchiveLocation  # DuckDB, Arrow: not at every import
+
+        if self.archive_url is not None:
+            return ArchiveLocation.of(self.archive_url, self.archive_options)
+        return ArchiveLocation.of(self.offline_dir)
 
     def token_values(self) -> list[bytes]:
         return [t.get_secret_value().encode() for t in self.api_tokens]

@@ -1,14 +1,15 @@
 """One archiver group, one log: several archivers share the durable consumers and one location
-(``TIPML_ARCHIVE_DIR``), and each stream sequence is written once across all of them — also
-when an archiver wrote a batch and died before acking it, and the batch went to another."""
+(``TIPML_ARCHIVE_DIR``, a shared directory, or ``TIPML_ARCHIVE_URL``, an object store), and each
+stream sequence is written once across all of them — also when an archiver wrote a batch and
+died before acking it, and the batch went to another."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-import pyarrow.parquet as pq
 from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry
 
@@ -17,27 +18,29 @@ from tipml.events.archive import Archiver
 from tipml.events.bus import SIGNALS, EmbeddedNats, connect, provision
 from tipml.events.consumer import ConsumerRunner, consumer_config
 from tipml.events.keyed import Item
+from tipml.events.location import ArchiveLocation
 from tipml.events.metrics import EventMetrics
 
 
-def archived_seqs(root: Path) -> Counter[int]:
+def archived_seqs(root: ArchiveLocation | Path) -> Counter[int]:
+    location = ArchiveLocation.of(root)
     seqs: Counter[int] = Counter()
-    for path in (root / "signals").glob("date=*/part-*.parquet"):
-        seqs.update(pq.read_table(path, columns=["stream_seq"]).column("stream_seq").to_pylist())
+    for path in location.parts("signals"):
+        seqs.update(location.read(path, columns=["stream_seq"]).column("stream_seq").to_pylist())
     return seqs
 
 
 async def test_two_archivers_write_one_log_exactly_once(
-    nats: EmbeddedNats, nc: NATS, tmp_path: Path
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path, archive_settings: dict[str, Any]
 ) -> None:
-    shared = tmp_path / "shared-offline"
     settings = [
-        events_settings(tmp_path / name, nats.url, archive_dir=shared, consumer_ack_wait_s=1.0)
+        events_settings(tmp_path / name, nats.url, consumer_ack_wait_s=2.0, **archive_settings)
         for name in ("a", "b", "crashed")
     ]
-    assert all(s.offline_dir == shared for s in settings)
+    shared = settings[0].archive
+    assert all(s.archive.url == shared.url for s in settings)
     # Two archiver processes start (their own connections and data dirs, one location)
-    group = [Archiver(SIGNALS, s.offline_dir) for s in settings[:2]]
+    group = [Archiver(SIGNALS, s.archive) for s in settings[:2]]
     js = nc.jetstream()
     bus = await provision(nc, settings[0])
     await bus.js.add_consumer(SIGNALS, config=consumer_config(group[0], settings[0]))
@@ -49,7 +52,7 @@ async def test_two_archivers_write_one_log_exactly_once(
     doomed = await connect(nats.url, "archiver-crashed")
     sub = await doomed.jetstream().pull_subscribe_bind(durable=group[0].name, stream=SIGNALS)
     msgs = await sub.fetch(100, timeout=5)
-    crashed = Archiver(SIGNALS, settings[2].offline_dir)
+    crashed = Archiver(SIGNALS, settings[2].archive)
     items = []
     for msg in msgs:
         event_id, event = crashed.parse(msg.subject, msg.data)
@@ -60,8 +63,8 @@ async def test_two_archivers_write_one_log_exactly_once(
 
     runners = []
     connections = []
-    for archiver, s in zip(group, settings[:2], strict=True):
-        conn = await connect(nats.url, f"archiver-{archiver.dir.name}")
+    for n, (archiver, s) in enumerate(zip(group, settings[:2], strict=True)):
+        conn = await connect(nats.url, f"archiver-{n}")
         connections.append(conn)
         runner = ConsumerRunner(
             await provision(conn, s), archiver, s, EventMetrics(CollectorRegistry())
@@ -78,7 +81,7 @@ async def test_two_archivers_write_one_log_exactly_once(
             return sum(r.state.processed + r.state.duplicates for r in runners) >= 600
 
         await eventually(done, timeout_s=30, what="every message archived or recognised")
-        await asyncio.sleep(1.5)  # anything still to redeliver would come within ack_wait
+        await asyncio.sleep(2.5)  # anything still to redeliver would come within ack_wait
     finally:
         for runner in runners:
             await runner.stop()
@@ -96,11 +99,14 @@ async def test_two_archivers_write_one_log_exactly_once(
     assert info.num_ack_pending == 0
 
 
-async def test_a_redelivered_batch_is_checked_against_the_group(tmp_path: Path) -> None:
+async def test_a_redelivered_batch_is_checked_against_the_group(
+    tmp_path: Path, archive_settings: dict[str, Any]
+) -> None:
     """An archiver started before another wrote a batch learns of it when that batch is
-    redelivered to it (a first delivery cannot have been written by anyone: no disk read)."""
-    archiver = Archiver(SIGNALS, tmp_path / "offline")
-    other = Archiver(SIGNALS, tmp_path / "offline")
+    redelivered to it (a first delivery cannot have been written by anyone: no listing)."""
+    location = events_settings(tmp_path, "nats://unused", **archive_settings).archive
+    archiver = Archiver(SIGNALS, location)
+    other = Archiver(SIGNALS, location)
     event = archiver.parse("signals.x", b'{"event_id": "e", "ts": "2026-11-27T10:00:00Z"}')[1]
     await other.handle([Item(seq, "e", event) for seq in range(1, 11)])
     first = await archiver.handle([Item(seq, "e", event) for seq in range(11, 21)])
@@ -109,4 +115,4 @@ async def test_a_redelivered_batch_is_checked_against_the_group(tmp_path: Path) 
         [Item(seq, "e", event, delivered=2 if seq < 6 else 1) for seq in range(1, 11)]
     )
     assert (again.applied, again.duplicates) == (0, 10)  # seq 1..5 redelivered: the disk read
-    assert sorted(archived_seqs(tmp_path / "offline")) == list(range(1, 21))
+    assert sorted(archived_seqs(location)) == list(range(1, 21))

@@ -1,11 +1,13 @@
 """No train/serve skew: online features (consumer → KV) equal offline ones (Parquet → builder)
-at the same timestamps, for every feature, through the real bus, consumer and archiver."""
+at the same timestamps, for every feature, through the real bus, consumer and archiver — with
+the archive in a directory and in an object store (an S3 API)."""
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -42,9 +44,9 @@ def simulated_stream(seed: int = 3) -> list[dict[str, object]]:
 
 
 async def test_online_equals_offline_at_every_checkpoint(
-    nats: EmbeddedNats, nc: NATS, tmp_path: Path
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path, archive_settings: dict[str, Any]
 ) -> None:
-    settings = events_settings(tmp_path, nats.url)
+    settings = events_settings(tmp_path, nats.url, **archive_settings)
     events = EventsRuntime(settings, CollectorRegistry(), consumers=("signals", "archiver"))
     await events.start(wait=True)
     js = nc.jetstream()
@@ -77,7 +79,9 @@ async def test_online_equals_offline_at_every_checkpoint(
 
     await eventually(archived, what="all events archived")
     await events.stop()
-    root = settings.data_dir / "offline"
+    root = settings.archive
+    assert root.files("signals")  # written where the settings say (a bucket or a directory)
+    assert not (settings.data_dir / "offline").exists()
     compared = 0
     for at, values in online:
         offline = users_features_at(root, users, at)
@@ -95,9 +99,9 @@ async def test_online_equals_offline_at_every_checkpoint(
 
 
 async def test_tip_features_online_equal_offline(
-    nats: EmbeddedNats, nc: NATS, tmp_path: Path
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path, archive_settings: dict[str, Any]
 ) -> None:
-    settings = events_settings(tmp_path, nats.url)
+    settings = events_settings(tmp_path, nats.url, **archive_settings)
     events = EventsRuntime(settings, CollectorRegistry(), consumers=("feedback", "archiver"))
     await events.start(wait=True)
     js = nc.jetstream()
@@ -146,7 +150,7 @@ async def test_tip_features_online_equal_offline(
     await eventually(archived, what="feedback archived")
     await events.stop()
     for at, values in online:
-        offline = tips_features_at(settings.data_dir / "offline", at)
+        offline = tips_features_at(settings.archive, at)
         for tip in tips:
             for feature in TIP_FEATURES:
                 assert offline[tip][feature.name] == values[tip][feature.name], (tip, feature, at)

@@ -107,7 +107,7 @@ def wait_archived(
     deadline = time.monotonic() + timeout_s
     got: tuple[int, int] = (0, 0)
     while time.monotonic() < deadline:
-        items = exposures(settings.data_dir / "offline", RewardTable(), kind="score")
+        items = exposures(settings.archive, RewardTable(), kind="score")
         got = (len(items), sum(1 for e in items if e.reactions))
         if got[0] >= decisions and got[1] >= reactions:
             return

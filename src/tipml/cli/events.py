@@ -141,7 +141,7 @@ def archive_compact(
                 f"--stream: unknown {', '.join(unknown)}; known: signals, feedback, decisions"
             )
         )
-    done = compact(settings().offline_dir, names)
+    done = compact(settings().archive, names)
     rows = [vars(c) for c in done]
     if as_json:
         sys.stdout.write(orjson.dumps(rows).decode() + "\n")

@@ -103,7 +103,7 @@ def experiments_evaluate(
         else:
             if kind not in ("score", "generate"):
                 raise ope.OPEError("--kind: score or generate")
-            items = logs.exposures(config.offline_dir, RewardTable(config.rewards), kind=kind)
+            items = logs.exposures(config.archive, RewardTable(config.rewards), kind=kind)
             logged = logs.logged_scores(items) if kind == "score" else logs.logged_prompts(items)
         names = [e.strip() for e in estimators.split(",") if e.strip()]
         result = ope.report(logged, policy, estimators=names, level=level, n_boot=n_boot, seed=seed)
@@ -143,7 +143,7 @@ def experiments_report(
     config = settings()
     try:
         experiments = load_experiments(config.experiments_config, known_versions())
-        items = exposures(config.offline_dir, RewardTable(config.rewards))
+        items = exposures(config.archive, RewardTable(config.rewards))
     except TipmlError as exc:
         fail(exc)
     result = build_report(items, experiments)

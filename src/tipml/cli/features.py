@@ -79,7 +79,7 @@ def features_skew(
     from tipml.pipelines.skew import skew_report
 
     config = settings()
-    items = exposures(config.offline_dir, RewardTable(config.rewards), kind="score")
+    items = exposures(config.archive, RewardTable(config.rewards), kind="score")
     report = skew_report(e.payload for e in items)
     if as_json:
         sys.stdout.write(orjson.dumps(report.as_dict()).decode() + "\n")

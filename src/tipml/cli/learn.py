@@ -270,7 +270,7 @@ def registry_shadow_report(
 
     config = settings()
     try:
-        items = exposures(config.offline_dir, RewardTable(config.rewards), kind="score")
+        items = exposures(config.archive, RewardTable(config.rewards), kind="score")
         report = shadow_report(items)
     except TipmlError as exc:
         fail(exc)

@@ -27,8 +27,6 @@ joined to decisions later.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -44,6 +42,7 @@ import pyarrow.parquet as pq
 
 from tipml.events.bus import DECISIONS, FEEDBACK, SIGNALS
 from tipml.events.keyed import Item, WriteResult
+from tipml.events.location import ArchiveLocation
 
 SCHEMA = pa.schema(
     [
@@ -81,31 +80,36 @@ def _str(value: Any) -> str | None:
 
 
 class Archiver:
-    def __init__(self, stream: str, root: Path, window: int = 50_000) -> None:
+    def __init__(
+        self, stream: str, root: ArchiveLocation | Path | str, window: int = 50_000
+    ) -> None:
         self.stream = stream
         self.name = f"archive-{stream.lower()}"
         self.filter_subject = _FILTERS[stream]
-        self.dir = root / stream.lower()
+        self.location = ArchiveLocation.of(root)
+        self.folder = stream.lower()
         self.floor = 0
         self._archived: set[int] = set()
-        self._scanned: dict[Path, int] = {}  # parts whose sequences are in _archived: last seq
+        self._scanned: dict[str, int] = {}  # parts whose sequences are in _archived: last seq
         self._load_recent(window)
+
+    def _ranges(self) -> list[tuple[int, int, str]]:
+        out = []
+        for path in self.location.parts(self.folder):
+            match = _PART.match(path.rsplit("/", 1)[-1])
+            if match is not None:
+                out.append((int(match.group(1)), int(match.group(2)), path))
+        return out
 
     def _load_recent(self, window: int) -> None:
         """Sequences of the newest files: written, but perhaps not acked before a crash. Only
         files within ``window`` sequences of the newest can hold unacked messages (the consumer
         has at most ``max_ack_pending`` in flight)."""
-        if not self.dir.exists():
-            return
-        parts = []
-        for path in self.dir.glob("date=*/part-*.parquet"):
-            match = _PART.match(path.name)
-            if match is not None:
-                parts.append((int(match.group(2)), path))
-        newest = max((last for last, _ in parts), default=0)
-        for last, path in parts:
+        parts = self._ranges()
+        newest = max((last for _, last, _ in parts), default=0)
+        for _, last, path in parts:
             if last > newest - window:
-                table = pq.read_table(path, columns=["stream_seq"])
+                table = self.location.read(path, columns=["stream_seq"])
                 self._archived.update(int(s) for s in table.column("stream_seq").to_pylist())
                 self._scanned[path] = last
 
@@ -141,19 +145,13 @@ class Archiver:
         return event_id or "", row
 
     def _rescan(self, lo: int, hi: int) -> None:
-        """Read the sequences of every part on disk whose range overlaps ``lo..hi`` — what
-        another archiver of the group may have written — into the set of written ones."""
-        if not self.dir.exists():
-            return
-        for path in self.dir.glob("date=*/part-*.parquet"):
-            match = _PART.match(path.name)
-            if match is None or path in self._scanned:
-                continue
-            first, last = int(match.group(1)), int(match.group(2))
-            if last < lo or first > hi:
+        """Read the sequences of every part in the location whose range overlaps ``lo..hi`` —
+        what another archiver of the group may have written — into the set of written ones."""
+        for first, last, path in self._ranges():
+            if path in self._scanned or last < lo or first > hi:
                 continue
             try:
-                table = pq.read_table(path, columns=["stream_seq"])
+                table = self.location.read(path, columns=["stream_seq"])
             except (OSError, pa.ArrowInvalid):  # compacted away meanwhile: its rows moved
                 continue
             self._archived.update(int(s) for s in table.column("stream_seq").to_pylist())
@@ -179,26 +177,20 @@ class Archiver:
         rows = [{**i.event, "stream_seq": i.seq} for i in group]
         table = pa.Table.from_pylist(rows, schema=SCHEMA)
         first, last = min(i.seq for i in group), max(i.seq for i in group)
-        folder = self.dir / f"date={day}"
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"part-{first:012d}-{last:012d}.parquet"
-        tmp = folder / f".{final.name}.{os.getpid()}-{time.time_ns()}.tmp"
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if final.exists():  # same range written before a crash: keep both, distinct names
-            final = folder / f"part-{first:012d}-{last:012d}-{time.time_ns()}.parquet"
-        os.replace(tmp, final)
+        folder = f"date={day}"
+        final = self.location.path(self.folder, folder, f"part-{first:012d}-{last:012d}.parquet")
+        if self.location.exists(final):  # same range written before a crash: keep both
+            final = self.location.path(
+                self.folder, folder, f"part-{first:012d}-{last:012d}-{time.time_ns()}.parquet"
+            )
+        self.location.write(final, table)
         self._scanned[final] = last
         self._archived.update(i.seq for i in group)
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(folder, os.O_RDONLY)
-            os.fsync(dir_fd)
-            os.close(dir_fd)
 
 
-def archivers(root: Path) -> list[Archiver]:
-    return [Archiver(stream, root) for stream in (SIGNALS, FEEDBACK, DECISIONS)]
+def archivers(root: ArchiveLocation | Path | str) -> list[Archiver]:
+    location = ArchiveLocation.of(root)
+    return [Archiver(stream, location) for stream in (SIGNALS, FEEDBACK, DECISIONS)]
 
 
 @dataclass
@@ -213,25 +205,31 @@ class Compaction:
 
 
 def compact(
-    root: Path, streams: Sequence[str] = ("signals", "feedback", "decisions")
+    root: ArchiveLocation | Path | str,
+    streams: Sequence[str] = ("signals", "feedback", "decisions"),
 ) -> list[Compaction]:
     """Merge each day's part files into one, ordered by stream sequence, each sequence once.
 
-    Idempotent and safe beside a running archiver: the merged file is written whole under a
-    temporary name, fsynced and renamed to ``part-<first>-<last>.parquet`` before the files it
-    replaces are removed, and only the files read are removed (a part the archiver writes
-    meanwhile stays for the next run). A crash between the rename and the removals leaves rows
-    in two files — readers drop them by id, and the next run merges them away."""
+    Idempotent and safe beside a running archiver: the merged file is written whole (renamed
+    into place on a filesystem, one PUT on an object store) as ``part-<first>-<last>.parquet``
+    before the files it replaces are removed, and only the files read are removed (a part the
+    archiver writes meanwhile stays for the next run). A crash between the write and the
+    removals leaves rows in two files — readers drop them by id, and the next run merges them
+    away."""
+    location = ArchiveLocation.of(root)
     out: list[Compaction] = []
     for stream in streams:
-        base = root / stream
-        if not base.exists():
-            continue
-        for folder in sorted(p for p in base.glob("date=*") if p.is_dir()):
-            parts = sorted(p for p in folder.glob("part-*.parquet") if _PART.match(p.name))
+        for folder in location.days(stream):
+            parts = sorted(
+                p
+                for p in location.fs.glob(f"{folder}/part-*.parquet")
+                if _PART.match(p.rsplit("/", 1)[-1])
+            )
             if len(parts) < 2:
                 continue
-            table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in parts])
+            table = pa.concat_tables(
+                [pq.read_table(p, schema=SCHEMA, filesystem=location.fs) for p in parts]
+            )
             rows_before = table.num_rows
             if rows_before == 0:
                 continue
@@ -241,20 +239,11 @@ def compact(
             first_of_seq[1:] = seqs[1:] != seqs[:-1]
             table = table.filter(pa.array(first_of_seq))
             first, last = int(seqs[0]), int(seqs[-1])
-            target = folder / f"part-{first:012d}-{last:012d}.parquet"
-            tmp = folder / f".{target.name}.compact.tmp"
-            pq.write_table(table, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+            target = f"{folder}/part-{first:012d}-{last:012d}.parquet"
+            location.write(target, table)
             for path in parts:
                 if path != target:
-                    path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                dir_fd = os.open(folder, os.O_RDONLY)
-                os.fsync(dir_fd)
-                os.close(dir_fd)
-            out.append(
-                Compaction(f"{stream}/{folder.name}", len(parts), 1, rows_before, table.num_rows)
-            )
+                    location.remove(path)
+            day = folder.rsplit("/", 1)[-1]
+            out.append(Compaction(f"{stream}/{day}", len(parts), 1, rows_before, table.num_rows))
     return out

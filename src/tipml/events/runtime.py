@@ -238,7 +238,7 @@ class EventsRuntime:
                 )
             )
         if "archiver" in self.consumer_names:
-            out.extend(archivers(self.settings.offline_dir))
+            out.extend(archivers(self.settings.archive))
         for name in self.consumer_names:
             if name in self.factories:
                 out.append(await self.factories[name](self.bus, self.metrics))

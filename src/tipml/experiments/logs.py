@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 
 from tipml.domain.rewards import RewardTable
+from tipml.events.location import ArchiveLocation
 from tipml.experiments.ope import LoggedData, OPEError
 
 
@@ -77,23 +78,23 @@ class Exposure:
     reward: float = 0.0  # the first reaction's; no_reaction_reward without one
 
 
-def _parquet(root: Path, stream: str) -> str | None:
-    folder = root / stream
-    return str(folder / "*" / "*.parquet") if list(folder.glob("*/*.parquet")) else None
+def _parquet(root: ArchiveLocation, stream: str) -> list[str] | None:
+    return root.files(stream) or None
 
 
 def exposures(
-    offline_root: Path,
+    offline: ArchiveLocation | Path | str,
     rewards: RewardTable,
     *,
     kind: str | None = None,
     no_reaction_reward: float = 0.0,
 ) -> list[Exposure]:
     """Every logged decision (of ``kind``, if given) once, joined with its reactions."""
+    offline_root = ArchiveLocation.of(offline)
     decisions = _parquet(offline_root, "decisions")
     if decisions is None:
         return []
-    con = duckdb.connect()
+    con = offline_root.connect()
     where = "AND kind = ?" if kind else ""
     params: list[Any] = [decisions] + ([kind] if kind else [])
     out: dict[str, Exposure] = {}

@@ -27,6 +27,7 @@ import orjson
 
 from tipml.domain import users as online_features
 from tipml.domain.users import USER_FEATURES, empty_user_state, fold_signals
+from tipml.events.location import ArchiveLocation
 from tipml.features.offline import signals_by_user
 from tipml.settings import Settings
 
@@ -44,7 +45,7 @@ def log_path(settings: Settings) -> Path:
     return repo_dir(settings) / "data" / "user_features.parquet"
 
 
-def build_feature_log(offline_root: Path, out: Path) -> int:
+def build_feature_log(offline_root: ArchiveLocation | Path | str, out: Path) -> int:
     """Features of every user at each of their event times; returns the number of rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -148,7 +149,7 @@ def _store(settings: Settings) -> Any:
 
 def apply(settings: Settings) -> int:
     """Build the feature log from the Parquet archive, generate the repo, ``feast apply``."""
-    rows = build_feature_log(settings.offline_dir, log_path(settings))
+    rows = build_feature_log(settings.archive, log_path(settings))
     generate_repo(settings)
     from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
 
 from tipml.domain.events import (
@@ -26,13 +25,17 @@ from tipml.domain.events import (
 from tipml.domain.rewards import RewardTable
 from tipml.domain.tips import empty_aggregate, fold_feedback, materialize_tip
 from tipml.domain.users import empty_user_state, fold_signals, materialize
+from tipml.events.location import ArchiveLocation
 
 
-def signals_by_user(root: Path, user_ids: Iterable[str] | None) -> dict[str, list[SignalEvent]]:
-    pattern = str(root / "signals" / "*" / "*.parquet")
-    if not list((root / "signals").glob("*/*.parquet")):
+def signals_by_user(
+    offline: ArchiveLocation | Path | str, user_ids: Iterable[str] | None
+) -> dict[str, list[SignalEvent]]:
+    root = ArchiveLocation.of(offline)
+    pattern = root.files("signals")
+    if not pattern:
         return {}
-    con = duckdb.connect()
+    con = root.connect()
     query = (
         "SELECT user_id, subject, payload FROM read_parquet(?) "
         "WHERE valid {users} ORDER BY stream_seq"
@@ -56,7 +59,7 @@ def signals_by_user(root: Path, user_ids: Iterable[str] | None) -> dict[str, lis
 
 
 def users_features_at(
-    root: Path, user_ids: Iterable[str] | None, at: datetime
+    root: ArchiveLocation | Path | str, user_ids: Iterable[str] | None, at: datetime
 ) -> dict[str, dict[str, Any]]:
     """Features of each user as of ``at`` (UTC if naive)."""
     moment = at if at.tzinfo else at.replace(tzinfo=UTC)
@@ -69,7 +72,7 @@ def users_features_at(
 
 
 def tips_features_at(
-    root: Path, at: datetime, rewards: RewardTable | None = None
+    offline: ArchiveLocation | Path | str, at: datetime, rewards: RewardTable | None = None
 ) -> dict[str, dict[str, Any]]:
     """Tip features as of ``at`` from the feedback log, folded like the feedback consumer
     (stream order; events with a reaction outside the reward table are skipped — online they
@@ -77,13 +80,13 @@ def tips_features_at(
     table = rewards or RewardTable()
     moment = at if at.tzinfo else at.replace(tzinfo=UTC)
     t = moment.timestamp()
-    pattern = root / "feedback"
-    if not list(pattern.glob("*/*.parquet")):
+    root = ArchiveLocation.of(offline)
+    files = root.files("feedback")
+    if not files:
         return {}
-    con = duckdb.connect()
+    con = root.connect()
     rows = con.execute(
-        "SELECT subject, payload FROM read_parquet(?) WHERE valid ORDER BY stream_seq",
-        [str(pattern / "*" / "*.parquet")],
+        "SELECT subject, payload FROM read_parquet(?) WHERE valid ORDER BY stream_seq", [files]
     ).fetchall()
     by_tip: dict[str, list[FeedbackEvent]] = {}
     seen: set[str] = set()

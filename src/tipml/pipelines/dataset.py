@@ -35,6 +35,7 @@ import orjson
 
 from tipml.domain.rewards import RewardTable
 from tipml.errors import TipmlError
+from tipml.events.location import ArchiveLocation
 from tipml.features.profile_schema import ValidatedProfile, validate_profile
 from tipml.features.tip_features import FEATURE_NAMES, FEATURE_SET, Candidate, feature_rows
 from tipml.pipelines.skew import SkewReport, rebuild_matrix, skew_report
@@ -95,7 +96,7 @@ class TrainingSet:
     spec: DatasetSpec
     skew: SkewReport
     content_hash: str = ""
-    offline_root: Path | None = None
+    offline_root: ArchiveLocation | None = None
     decision_labels: dict[str, float] = field(default_factory=dict)  # the top tip's label
     feature_names: tuple[str, ...] = FEATURE_NAMES
 
@@ -103,10 +104,10 @@ class TrainingSet:
         """The logged payloads of these decisions, in the given order (read back from the
         archive: a training set does not hold every decision's candidates in memory)."""
         path = _parquet(self.offline_root, "decisions") if self.offline_root else None
-        if path is None or not decision_ids:
+        if path is None or self.offline_root is None or not decision_ids:
             return []
         found: dict[str, dict[str, Any]] = {}
-        con = duckdb.connect()
+        con = self.offline_root.connect()
         con.execute("CREATE TEMP TABLE wanted (id VARCHAR)")
         con.executemany("INSERT INTO wanted VALUES (?)", [(i,) for i in decision_ids])
         for decision_id, payload in con.execute(
@@ -162,12 +163,11 @@ def cohorts_of(decision: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def _parquet(root: Path, stream: str) -> str | None:
-    folder = root / stream
-    return str(folder / "*" / "*.parquet") if list(folder.glob("*/*.parquet")) else None
+def _parquet(root: ArchiveLocation, stream: str) -> list[str] | None:
+    return root.files(stream) or None
 
 
-def _decisions(con: duckdb.DuckDBPyConnection, path: str) -> Iterator[dict[str, Any]]:
+def _decisions(con: duckdb.DuckDBPyConnection, path: list[str]) -> Iterator[dict[str, Any]]:
     seen: set[str] = set()
     # No ORDER BY: sorting would hold every payload in memory at once. DuckDB keeps the
     # files' order (preserve_insertion_order), which the archiver and `compact` write in
@@ -186,7 +186,7 @@ def _decisions(con: duckdb.DuckDBPyConnection, path: str) -> Iterator[dict[str, 
 
 
 def _reactions(
-    con: duckdb.DuckDBPyConnection, path: str | None, rewards: RewardTable
+    con: duckdb.DuckDBPyConnection, path: list[str] | None, rewards: RewardTable
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """(decision id, tip id) -> (event time, reward) of the first reaction, by stream order."""
     out: dict[tuple[str, str], tuple[float, float]] = {}
@@ -230,7 +230,7 @@ def _hash(
 
 
 def build_training_set(
-    offline_root: Path,
+    offline: ArchiveLocation | Path | str,
     rewards: RewardTable,
     spec: DatasetSpec = DatasetSpec(),
     *,
@@ -238,13 +238,14 @@ def build_training_set(
 ) -> TrainingSet:
     """The training set of the ``/score`` decisions in ``spec``'s window whose wait has passed
     at ``as_of`` (default: now)."""
+    offline_root = ArchiveLocation.of(offline)
     decisions_path = _parquet(offline_root, "decisions")
     if decisions_path is None:
-        raise DatasetError(f"no decisions archived under {offline_root}")
+        raise DatasetError(f"no decisions archived under {offline_root.url}")
     horizon = (as_of or datetime.now(UTC)).timestamp() - spec.wait_s
     start = spec.start.timestamp() if spec.start else -np.inf
     end = spec.end.timestamp() if spec.end else np.inf
-    con = duckdb.connect()
+    con = offline_root.connect()
     reactions = _reactions(con, _parquet(offline_root, "feedback"), rewards)
     total = con.execute(
         "SELECT count(*) FROM read_parquet(?) WHERE valid AND kind = 'score'", [decisions_path]

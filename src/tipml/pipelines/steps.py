@@ -70,16 +70,14 @@ def compact_archive(settings: Any) -> int:
     """Merge the archiver's small files (idempotent); the number of day folders merged."""
     from tipml.events.archive import compact
 
-    return len(compact(settings.offline_dir))
+    return len(compact(settings.archive))
 
 
 def build_dataset(settings: Any, spec: DatasetSpec, as_of: datetime | None = None) -> TrainingSet:
     """``as_of``: the time whose passed waits decide which decisions are labelled (now)."""
     from tipml.domain.rewards import RewardTable
 
-    return build_training_set(
-        settings.offline_dir, RewardTable(settings.rewards), spec, as_of=as_of
-    )
+    return build_training_set(settings.archive, RewardTable(settings.rewards), spec, as_of=as_of)
 
 
 def register_challenger(

@@ -191,7 +191,7 @@ class Runtime:
         from tipml.experiments.report import build_report
 
         assert self.experiments is not None
-        items = exposures(self.settings.offline_dir, RewardTable(self.settings.rewards))
+        items = exposures(self.settings.archive, RewardTable(self.settings.rewards))
         return build_report(items, self.experiments)
 
     async def start(self) -> None:

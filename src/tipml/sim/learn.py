@@ -128,7 +128,7 @@ def learn(
     baseline = asyncio.run(_phase(base_url, token, users, duration, concurrency, data_dir))
     asyncio.run(_wait_archived(base_url))
     shadow = shadow_report(
-        exposures(settings.offline_dir, RewardTable(settings.rewards), kind="score")
+        exposures(settings.archive, RewardTable(settings.rewards), kind="score")
     ).get(name)
     agree = f"{shadow['top1_agreement']:.0%}" if shadow else "n/a"
     promoted = promote_flow(
