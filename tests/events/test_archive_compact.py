@@ -67,7 +67,9 @@ def test_compaction_merges_drops_double_writes_and_is_idempotent(
     assert compact(root) == []  # nothing left to do
     assert _rows(root) == list(range(1, 13))
     # the archiver still knows what it archived (a redelivery after restart is a duplicate)
-    assert set(range(1, 13)) <= Archiver(SIGNALS, root)._archived
+    restarted = Archiver(SIGNALS, root)
+    restarted.load_recent()
+    assert set(range(1, 13)) <= restarted._archived
 
 
 def test_the_command_reports_what_it_did(tmp_path: Path, archive_settings: dict[str, Any]) -> None:

@@ -108,9 +108,9 @@ async def test_a_redelivered_batch_is_checked_against_the_group(
     archiver = Archiver(SIGNALS, location)
     other = Archiver(SIGNALS, location)
     event = archiver.parse("signals.x", b'{"event_id": "e", "ts": "2026-11-27T10:00:00Z"}')[1]
-    await other.handle([Item(seq, "e", event) for seq in range(1, 11)])
     first = await archiver.handle([Item(seq, "e", event) for seq in range(11, 21)])
     assert (first.applied, first.duplicates) == (10, 0)
+    await other.handle([Item(seq, "e", event) for seq in range(1, 11)])  # after archiver's start
     again = await archiver.handle(
         [Item(seq, "e", event, delivered=2 if seq < 6 else 1) for seq in range(1, 11)]
     )

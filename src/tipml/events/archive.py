@@ -1,23 +1,23 @@
 """The archiver: signals, feedback and decisions to Parquet, each event exactly once.
 
 One durable consumer per stream. A fetched batch becomes one file per event day,
-``<data_dir>/offline/<stream>/date=YYYY-MM-DD/part-<first seq>-<last seq>.parquet``, written to
-a temporary name and renamed (a reader never sees half a file), then acked. A batch
-redelivered after a crash between the rename and the ack is recognised by its stream
-sequences — the archiver remembers the sequences of the files above the consumer's ack floor,
-re-read from disk at start — and skipped. Read with DuckDB or Polars:
-``SELECT * FROM 'offline/signals/*/*.parquet'``.
+``<archive>/<stream>/date=YYYY-MM-DD/part-<first seq>-<last seq>.parquet``, written whole — to
+a temporary name and renamed in a directory, as one PUT in an object store (ADR 0015): a
+reader never sees half a file — then acked. A batch redelivered after a crash between the
+write and the ack is recognised by its stream sequences — the archiver remembers the sequences
+of the files above the consumer's ack floor, read from the store at its first batch — and
+skipped. Read with DuckDB or Polars: ``SELECT * FROM 'offline/signals/*/*.parquet'``.
 
 Several archivers form one group: every `tipml consume` process running the archiver binds
 the same durable consumers, so the server hands each message to one of them, and they write
-to one location (``TIPML_ARCHIVE_DIR``, a path every process mounts; default
-``<data_dir>/offline``). A message delivered more than once may have been written by another
-archiver that stopped before its ack; so a batch holding a redelivered message first reads the
-names of the parts on disk (they carry their sequence ranges) and the sequences of every part
-overlapping the batch, and writes only what nobody wrote. Each stream sequence is written
-once — across processes too — unless an archiver stalls past ``ack_wait`` between writing a
-part and acking it while another writes the same redelivered batch; ``tipml archive compact``
-keeps one row per sequence even then.
+to one location (``TIPML_ARCHIVE_DIR``, a path every process mounts, default
+``<data_dir>/offline``; or ``TIPML_ARCHIVE_URL``, a bucket). A message delivered more than once
+may have been written by another archiver that stopped before its ack; so a batch holding a
+redelivered message first lists the parts (their names carry their sequence ranges) and reads
+the sequences of every part overlapping the batch, and writes only what nobody wrote. Each
+stream sequence is written once — across processes too — unless an archiver stalls past
+``ack_wait`` between writing a part and acking it while another writes the same redelivered
+batch; ``tipml archive compact`` keeps one row per sequence even then.
 
 The archive keeps everything the stream holds, invalid events included (``valid = false``):
 those are also dead-lettered by the domain consumer, and the offline log is where feedback is
@@ -89,9 +89,10 @@ class Archiver:
         self.location = ArchiveLocation.of(root)
         self.folder = stream.lower()
         self.floor = 0
+        self.window = window
         self._archived: set[int] = set()
         self._scanned: dict[str, int] = {}  # parts whose sequences are in _archived: last seq
-        self._load_recent(window)
+        self._loaded = False  # the store is first read at the first batch, not at start
 
     def _ranges(self) -> list[tuple[int, int, str]]:
         out = []
@@ -101,17 +102,22 @@ class Archiver:
                 out.append((int(match.group(1)), int(match.group(2)), path))
         return out
 
-    def _load_recent(self, window: int) -> None:
+    def load_recent(self) -> None:
         """Sequences of the newest files: written, but perhaps not acked before a crash. Only
         files within ``window`` sequences of the newest can hold unacked messages (the consumer
-        has at most ``max_ack_pending`` in flight)."""
+        has at most ``max_ack_pending`` in flight). Done once, at the first batch (off the event
+        loop): a store that cannot be reached at start pauses the archiver's batches, not the
+        start of every consumer."""
         parts = self._ranges()
         newest = max((last for _, last, _ in parts), default=0)
         for _, last, path in parts:
-            if last > newest - window:
+            if last > newest - self.window and last > self.floor:
                 table = self.location.read(path, columns=["stream_seq"])
-                self._archived.update(int(s) for s in table.column("stream_seq").to_pylist())
+                self._archived.update(
+                    s for s in table.column("stream_seq").to_pylist() if s > self.floor
+                )
                 self._scanned[path] = last
+        self._loaded = True
 
     def set_floor(self, floor: int) -> None:
         self.floor = floor
@@ -152,12 +158,14 @@ class Archiver:
                 continue
             try:
                 table = self.location.read(path, columns=["stream_seq"])
-            except (OSError, pa.ArrowInvalid):  # compacted away meanwhile: its rows moved
-                continue
+            except (FileNotFoundError, pa.ArrowInvalid):  # compacted away meanwhile: rows moved
+                continue  # (any other failure of the store: the batch waits and is retried)
             self._archived.update(int(s) for s in table.column("stream_seq").to_pylist())
             self._scanned[path] = last
 
     async def handle(self, items: Sequence[Item[Any]]) -> WriteResult:
+        if not self._loaded:
+            await asyncio.to_thread(self.load_recent)
         redelivered = [i.seq for i in items if i.delivered > 1]
         if redelivered:
             await asyncio.to_thread(self._rescan, min(redelivered), max(redelivered))

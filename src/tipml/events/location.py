@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,28 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from tipml.errors import ConfigError
+
+
+class ArchiveStoreError(OSError):
+    """The archive's store failed (unreachable, timed out, refused). An ``OSError``, so the
+    consumers treat it as the infrastructure's: the batch is kept and retried while the store is
+    away — an outage never turns events into dead letters. fsspec stores raise ``OSError`` for
+    most of their failures already; a client's own errors (botocore's connection errors) are
+    translated to this."""
+
+
+@contextlib.contextmanager
+def _store_errors(location: ArchiveLocation, what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as exc:
+        if location.local:
+            raise
+        raise ArchiveStoreError(
+            f"archive {location.url}: {what}: {type(exc).__name__}: {exc}"[:500]
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -68,15 +90,17 @@ class ArchiveLocation:
     def parts(self, stream: str) -> list[str]:
         """The part files of one stream (``<stream>/date=*/part-*.parquet``), sorted, as paths
         inside ``fs``. Temporary names start with a dot and are never listed."""
-        if not self.local:
-            self.fs.invalidate_cache()  # another archiver may have written since the last listing
-        return sorted(self.fs.glob(self.path(stream, "date=*", "part-*.parquet")))
+        with _store_errors(self, "list"):
+            if not self.local:  # another archiver may have written since the last listing
+                self.fs.invalidate_cache()
+            return sorted(self.fs.glob(self.path(stream, "date=*", "part-*.parquet")))
 
     def days(self, stream: str) -> list[str]:
         """The day folders of one stream (``<stream>/date=YYYY-MM-DD``), sorted."""
-        if not self.local:
-            self.fs.invalidate_cache()
-        return sorted(p for p in self.fs.glob(self.path(stream, "date=*")) if self.fs.isdir(p))
+        with _store_errors(self, "list"):
+            if not self.local:
+                self.fs.invalidate_cache()
+            return sorted(p for p in self.fs.glob(self.path(stream, "date=*")) if self.fs.isdir(p))
 
     def files(self, stream: str) -> list[str]:
         """The part files of one stream as DuckDB reads them (with the protocol, for a store
@@ -91,20 +115,22 @@ class ArchiveLocation:
         return con
 
     def read(self, path: str, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(path, columns=columns, filesystem=None if self.local else self.fs)
+        with _store_errors(self, f"read {path}"):
+            return pq.read_table(path, columns=columns, filesystem=None if self.local else self.fs)
 
     def exists(self, path: str) -> bool:
-        return bool(self.fs.exists(path))
+        with _store_errors(self, f"stat {path}"):
+            return bool(self.fs.exists(path))
 
     def remove(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with _store_errors(self, f"remove {path}"), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(path)
 
     def write(self, path: str, table: pa.Table) -> None:
         """Write ``table`` as one Parquet file at ``path``, which appears whole or not at all:
         a temporary name, fsync and rename on a filesystem; one PUT on an object store."""
         if not self.local:
-            with self.fs.open(path, "wb") as f:
+            with _store_errors(self, f"write {path}"), self.fs.open(path, "wb") as f:
                 pq.write_table(table, f)
             return
         target = Path(path)
