@@ -110,12 +110,14 @@ async def raw_loop(js: Any, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-async def tipml_loop(bus: Any, settings: Settings, n: int, *, pipelined: bool = True) -> float:
+async def tipml_loop(
+    bus: Any, settings: Settings, n: int, *, pipelined: bool = True, name: str | None = None
+) -> float:
     metrics = EventMetrics(CollectorRegistry())
     kv = await bus.kv(USER_FEATURES_BUCKET)
     store = KeyedStore(kv, empty_user_state, fold_signals, pipelined=pipelined)
     handler = SignalsHandler(store, metrics)
-    handler.name = f"signals-features-{'piped' if pipelined else 'requests'}"
+    handler.name = f"signals-features-{name or ('piped' if pipelined else 'requests')}"
     runner = ConsumerRunner(bus, handler, settings, metrics)
     start = time.perf_counter()
     await runner.start()
@@ -133,8 +135,13 @@ async def throughput(n: int, users: int, burst: int, tmp: Path) -> dict[str, Any
         bus = await provision(nc, settings)
         await publish_backlog(bus.js, n, users, burst)
         raw = await raw_loop(bus.js, n)
-        # Two durables over the same backlog, each starting from an empty bucket.
-        requests = await tipml_loop(bus, settings, n, pipelined=False)
+        # Three durables over the same backlog, each starting from an empty bucket: a request
+        # per write, fetched after each batch (before ADR 0013); pipelined writes, fetched after
+        # each batch (before ADR 0016); pipelined writes with the next batch fetched meanwhile.
+        after = settings.model_copy(update={"consumer_prefetch": False})
+        requests = await tipml_loop(bus, after, n, pipelined=False)
+        await bus.js.purge_stream(f"KV_{USER_FEATURES_BUCKET}")
+        no_prefetch = await tipml_loop(bus, after, n, name="piped-no-prefetch")
         await bus.js.purge_stream(f"KV_{USER_FEATURES_BUCKET}")
         ours = await tipml_loop(bus, settings, n)
         await nc.close()
@@ -144,9 +151,11 @@ async def throughput(n: int, users: int, burst: int, tmp: Path) -> dict[str, Any
         "events_per_user_session": burst,
         "raw_events_per_s": round(raw),
         "tipml_request_per_write_events_per_s": round(requests),
+        "tipml_no_prefetch_events_per_s": round(no_prefetch),
         "tipml_events_per_s": round(ours),
         "ratio": round(ours / raw, 3),
         "ratio_request_per_write": round(requests / raw, 3),
+        "ratio_no_prefetch": round(no_prefetch / raw, 3),
     }
 
 
@@ -347,7 +356,12 @@ def main() -> None:
             "",
         )
         table.add_row(
-            f"tipml signals → online features, pipelined writes ({label})",
+            f"tipml, pipelined writes, fetch after each batch ({label})",
+            f"{t['tipml_no_prefetch_events_per_s']:,} events/s ({t['ratio_no_prefetch']:.0%})",
+            "",
+        )
+        table.add_row(
+            f"tipml signals → online features, pipelined writes, next batch prefetched ({label})",
             f"{t['tipml_events_per_s']:,} events/s",
             "≥ 10,000",
         )

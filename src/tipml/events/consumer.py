@@ -171,38 +171,74 @@ class ConsumerRunner:
     async def _run(self) -> None:
         """Fetch and process until stopped. Nothing a message, the bus or a handler does ends
         this loop: an error is recorded (state file, log, ``/readyz``) and the loop goes on
-        after a back-off that grows while errors repeat."""
+        after a back-off that grows while errors repeat.
+
+        With ``consumer_prefetch`` the next batch is fetched while this one is processed (one
+        fetch outstanding at a time, on the one subscription, so batches stay in stream order):
+        the fetch's wait for the server overlaps the handler's work instead of following it. Not
+        while errors repeat (a batch held through a back-off would only wait out its ack_wait).
+        A batch fetched ahead when the loop stops is nak'ed: redelivered at once, not after
+        ack_wait."""
         js = self.bus.js
         sub = None
         failures = 0
-        while not self._stop.is_set():
-            try:
-                if sub is None:
-                    sub = await js.pull_subscribe_bind(
-                        durable=self.handler.name, stream=self.handler.stream
-                    )
-                msgs = await sub.fetch(self.settings.consumer_batch, timeout=self.fetch_timeout_s)
-            except (TimeoutError, FetchTimeoutError, NatsTimeout):
+        ahead: asyncio.Task[list[Msg]] | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if sub is None:
+                        sub = await js.pull_subscribe_bind(
+                            durable=self.handler.name, stream=self.handler.stream
+                        )
+                    fetching, ahead = ahead or asyncio.create_task(self._fetch(sub)), None
+                    msgs = await fetching
+                except (TimeoutError, FetchTimeoutError, NatsTimeout):
+                    self._last_fetch = time.monotonic()
+                    self.state.last_fetch_at = _now_iso()
+                    continue
+                except Exception as exc:
+                    failures += 1
+                    self._error(f"fetch: {type(exc).__name__}: {exc}")
+                    await self._pause(failures)
+                    continue
                 self._last_fetch = time.monotonic()
                 self.state.last_fetch_at = _now_iso()
-                continue
-            except Exception as exc:
-                failures += 1
-                self._error(f"fetch: {type(exc).__name__}: {exc}")
-                await self._pause(failures)
-                continue
-            self._last_fetch = time.monotonic()
-            self.state.last_fetch_at = _now_iso()
-            self.state.connected = True
-            try:
-                await self._process(msgs)
-            except Exception as exc:  # ack/nak/term or a dead-letter publish failed
-                failures += 1
-                self.metrics.loop_errors.labels(self.handler.name).inc()
-                self._error(f"batch: {type(exc).__name__}: {exc}; unacked messages redeliver")
-                await self._pause(failures)
-            else:
-                failures = 0
+                self.state.connected = True
+                if self.settings.consumer_prefetch and failures == 0:
+                    ahead = asyncio.create_task(self._fetch(sub))
+                try:
+                    await self._process(msgs)
+                except Exception as exc:  # ack/nak/term or a dead-letter publish failed
+                    failures += 1
+                    self.metrics.loop_errors.labels(self.handler.name).inc()
+                    self._error(f"batch: {type(exc).__name__}: {exc}; unacked messages redeliver")
+                    await self._pause(failures)
+                else:
+                    failures = 0
+        finally:
+            if ahead is not None:
+                await self._release(ahead)
+
+    async def _fetch(self, sub: Any) -> list[Msg]:
+        msgs: list[Msg] = await sub.fetch(
+            self.settings.consumer_batch, timeout=self.fetch_timeout_s
+        )
+        return msgs
+
+    async def _release(self, ahead: asyncio.Task[list[Msg]]) -> None:
+        """Give a batch fetched ahead back to the server (nak: redelivered at once)."""
+        try:
+            msgs = await ahead
+        except asyncio.CancelledError:
+            ahead.cancel()
+            raise
+        except Exception:  # a fetch that timed out or failed holds nothing
+            return
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        with contextlib.suppress(Exception):
+            await self.bus.nc.flush(timeout=2)
 
     async def _pause(self, failures: int) -> None:
         delay = min(0.25 * 2 ** min(failures - 1, 5), 8.0)
