@@ -6,7 +6,8 @@
    - the peer: a raw nats-py loop — pull fetch(500), parse the JSON, ack — the client's ceiling;
    - tipml: the signals consumer, which also folds every event into the user's online features
      and writes them to the KV bucket with compare-and-set and idempotency bookkeeping.
-   Same server, same events, same run; the ratio is the number that survives a noisy machine.
+   The same events, each variant on a fresh server, one run; the ratio is the number that
+   survives a noisy machine.
 2. Event-to-feature visibility lag at a fixed publish rate: ``tipml consume --only signals`` in
    its own process; a KV watch in this process sees each user's record change and takes the
    time from the event's publish to the write that contains it.
@@ -128,23 +129,36 @@ async def tipml_loop(
     return n / elapsed
 
 
-async def throughput(n: int, users: int, burst: int, tmp: Path) -> dict[str, Any]:
-    with EmbeddedNats(tmp / f"nats-throughput-{burst}") as server:
+async def _variant(kind: str, n: int, users: int, burst: int, tmp: Path) -> float:
+    """One variant on a fresh server with the same backlog: a variant never inherits the
+    previous one's server state (its file store, its consumers, its KV bucket)."""
+    with EmbeddedNats(tmp / f"nats-{kind}-{burst}") as server:
         nc = await connect(server.url, "bench")
-        settings = settings_for(server.url, tmp / f"data-{burst}")
+        settings = settings_for(server.url, tmp / f"data-{kind}-{burst}")
         bus = await provision(nc, settings)
         await publish_backlog(bus.js, n, users, burst)
-        raw = await raw_loop(bus.js, n)
-        # Three durables over the same backlog, each starting from an empty bucket: a request
-        # per write, fetched after each batch (before ADR 0013); pipelined writes, fetched after
-        # each batch (before ADR 0016); pipelined writes with the next batch fetched meanwhile.
+        await asyncio.sleep(1.0)  # the server settles after the burst of publishes
         after = settings.model_copy(update={"consumer_prefetch": False})
-        requests = await tipml_loop(bus, after, n, pipelined=False)
-        await bus.js.purge_stream(f"KV_{USER_FEATURES_BUCKET}")
-        no_prefetch = await tipml_loop(bus, after, n, name="piped-no-prefetch")
-        await bus.js.purge_stream(f"KV_{USER_FEATURES_BUCKET}")
-        ours = await tipml_loop(bus, settings, n)
+        if kind == "raw":
+            rate = await raw_loop(bus.js, n)
+        elif kind == "requests":
+            rate = await tipml_loop(bus, after, n, pipelined=False)
+        elif kind == "no-prefetch":
+            rate = await tipml_loop(bus, after, n, name="piped-no-prefetch")
+        else:
+            rate = await tipml_loop(bus, settings, n)
         await nc.close()
+    return rate
+
+
+async def throughput(n: int, users: int, burst: int, tmp: Path) -> dict[str, Any]:
+    # Four variants over the same backlog: the raw loop; tipml with a request per write, asking
+    # for more when a request is done (before ADR 0013); pipelined writes, the same; pipelined
+    # writes with the next request outstanding (ADR 0017).
+    raw = await _variant("raw", n, users, burst, tmp)
+    requests = await _variant("requests", n, users, burst, tmp)
+    no_prefetch = await _variant("no-prefetch", n, users, burst, tmp)
+    ours = await _variant("tipml", n, users, burst, tmp)
     return {
         "events": n,
         "users": users,
@@ -194,6 +208,71 @@ async def processes(n: int, users: int, count: int, tmp: Path) -> float:
                 floor = (info.ack_floor.stream_seq or 0) if info.ack_floor else 0
                 if start is None and floor > 0:
                     start = time.perf_counter()  # the first ack: a process is up
+                if floor >= n:
+                    break
+            assert start is not None
+            elapsed = time.perf_counter() - start
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(10)
+            await nc.close()
+    return n / elapsed
+
+
+async def raw_consumer(url: str) -> None:
+    """One process of the raw loop on the shared durable ``raw-procs``: fetch(500), parse,
+    ack, until the backlog is drained (a fetch that times out)."""
+    from tipml.events.bus import connect
+
+    nc = await connect(url, "bench-raw-process")
+    sub = await nc.jetstream().pull_subscribe_bind(durable="raw-procs", stream=SIGNALS)
+    while True:
+        try:
+            msgs = await sub.fetch(500, timeout=2)
+        except Exception:  # drained (or the bench is over)
+            break
+        for msg in msgs:
+            orjson.loads(msg.data)
+            await msg.ack()
+    await nc.close()
+
+
+async def raw_processes(n: int, users: int, count: int, tmp: Path) -> float:
+    """The raw loop's ceiling in ``count`` processes sharing one durable (first ack to last):
+    what two processes *can* gain on this machine, against which two ``tipml consume``
+    processes are measured."""
+    with EmbeddedNats(tmp / f"nats-raw-processes-{count}") as server:
+        nc = await connect(server.url, "bench-raw-processes")
+        settings = settings_for(server.url, tmp / f"data-raw-processes-{count}")
+        bus = await provision(nc, settings)
+        await publish_backlog(bus.js, n, users, 1)
+        await bus.js.add_consumer(
+            SIGNALS,
+            config=ConsumerConfig(
+                durable_name="raw-procs",
+                name="raw-procs",
+                ack_policy=AckPolicy.EXPLICIT,
+                filter_subject="signals.>",
+                max_ack_pending=20_000,
+            ),
+        )
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--raw-consumer", server.url],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(count)
+        ]
+        start: float | None = None
+        try:
+            while True:
+                await asyncio.sleep(0.02)
+                info = await bus.js.consumer_info(SIGNALS, "raw-procs")
+                floor = (info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+                if start is None and floor > 0:
+                    start = time.perf_counter()
                 if floor >= n:
                     break
             assert start is not None
@@ -301,7 +380,11 @@ def main() -> None:
     parser.add_argument(
         "--processes", type=int, default=2, help="Also drain with 1 and N consume processes."
     )
+    parser.add_argument("--raw-consumer", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.raw_consumer:
+        asyncio.run(raw_consumer(args.raw_consumer))
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -324,6 +407,12 @@ def main() -> None:
                             asyncio.run(processes(args.events, args.users, count, Path(tmp)))
                         )
                 scale["ratio"] = round(scale[str(args.processes)] / scale["1"], 2)
+                for count in (1, args.processes):
+                    with console.status(f"ingest with {count} raw nats-py process(es)"):
+                        scale[f"raw_{count}"] = round(
+                            asyncio.run(raw_processes(args.events, args.users, count, Path(tmp)))
+                        )
+                scale["raw_ratio"] = round(scale[f"raw_{args.processes}"] / scale["raw_1"], 2)
                 results["processes"] = scale
         runs = []
         for run in range(args.lag_runs):
@@ -356,12 +445,12 @@ def main() -> None:
             "",
         )
         table.add_row(
-            f"tipml, pipelined writes, fetch after each batch ({label})",
+            f"tipml, pipelined writes, ask again when a request is done ({label})",
             f"{t['tipml_no_prefetch_events_per_s']:,} events/s ({t['ratio_no_prefetch']:.0%})",
             "",
         )
         table.add_row(
-            f"tipml signals → online features, pipelined writes, next batch prefetched ({label})",
+            f"tipml signals → online features, pipelined, next request outstanding ({label})",
             f"{t['tipml_events_per_s']:,} events/s",
             "≥ 10,000",
         )
@@ -373,6 +462,11 @@ def main() -> None:
             f"tipml consume: 1 process / {args.processes} processes (backlog, first ack to last)",
             f"{p['1']:,} / {p[str(args.processes)]:,} events/s ({p['ratio']:.2f}x)",
             "≥ 1.6x",
+        )
+        table.add_row(
+            f"raw nats-py loop: 1 process / {args.processes} processes (the machine's ceiling)",
+            f"{p['raw_1']:,} / {p[f'raw_{args.processes}']:,} events/s ({p['raw_ratio']:.2f}x)",
+            "",
         )
     for n, lag in enumerate(results["lag_runs"], 1):
         table.add_row(

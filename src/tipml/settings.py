@@ -183,8 +183,9 @@ class Settings(BaseSettings):
     consumer_max_ack_pending: int = Field(20_000, ge=1)
     consumer_prefetch: bool = Field(
         True,
-        description="Fetch a consumer's next batch while the current one is processed (in "
-        "stream order; off: fetch after each batch is done).",
+        description="Keep a consumer's next pull request outstanding while the current batch "
+        "is processed (stream order kept; off: ask again only when the previous request is "
+        "done).",
     )
     consumer_lag_ready: int = Field(
         50_000, ge=0, description="/readyz reports a consumer unhealthy above this many pending."

@@ -117,3 +117,47 @@ async def test_a_batch_fetched_ahead_is_given_back_when_the_consumer_stops(
         await again.stop()
     assert time.monotonic() - started < 10
     assert sorted(s for b in handler.batches + rest.batches for s in b) == list(range(1, 401))
+
+
+class Clock(Recorder):
+    """Records how long each event waited (the event carries its publish time)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, delay_s=0.0)
+        self.waits: list[float] = []
+
+    def parse(self, subject: str, data: bytes) -> tuple[str, Any]:
+        body = orjson.loads(data)
+        return body["event_id"], body["sent"]
+
+    async def handle(self, items: Sequence[Item[Any]]) -> WriteResult:
+        now = time.time()
+        self.waits.extend(now - i.event for i in items)
+        return await super().handle(items)
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+async def test_a_trickle_of_events_is_handed_over_as_it_arrives(
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path, prefetch: bool
+) -> None:
+    """A caught-up consumer with a batch of 500 gets 40 events over 0.8 s: each reaches the
+    handler at once, not when a batch of 500 has filled or the pull request has expired."""
+    settings = events_settings(tmp_path, nats.url, consumer_batch=500, consumer_prefetch=prefetch)
+    bus = await provision(nc, settings)
+    handler = Clock(f"clock-{prefetch}")
+    runner = ConsumerRunner(bus, handler, settings, EventMetrics(CollectorRegistry()))
+    await runner.start()
+    await asyncio.sleep(0.3)  # caught up: the consumer is waiting on an empty stream
+    js = nc.jetstream()
+    for i in range(40):
+        await js.publish("signals.x", orjson.dumps({"event_id": f"t{i}", "sent": time.time()}))
+        await asyncio.sleep(0.02)
+
+    async def all_handled() -> bool:
+        return runner.state.processed == 40
+
+    try:
+        await eventually(all_handled, timeout_s=10, what="the trickle handled")
+    finally:
+        await runner.stop()
+    assert max(handler.waits) < 0.25, sorted(handler.waits)[-5:]

@@ -28,12 +28,13 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, FetchTimeoutError
+from nats.js.errors import APIError
 
 from tipml.domain.events import InvalidEvent
 from tipml.events.bus import Bus
 from tipml.events.keyed import ConflictError, Item, WriteResult
 from tipml.events.metrics import EventMetrics
+from tipml.events.pull import PullStream
 from tipml.settings import Settings
 
 log = logging.getLogger("tipml.consumer")
@@ -125,6 +126,7 @@ class ConsumerRunner:
         self._stop = asyncio.Event()
         self._last_fetch = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._pull: PullStream | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -173,26 +175,30 @@ class ConsumerRunner:
         this loop: an error is recorded (state file, log, ``/readyz``) and the loop goes on
         after a back-off that grows while errors repeat.
 
-        With ``consumer_prefetch`` the next batch is fetched while this one is processed (one
-        fetch outstanding at a time, on the one subscription, so batches stay in stream order):
-        the fetch's wait for the server overlaps the handler's work instead of following it. Not
-        while errors repeat (a batch held through a back-off would only wait out its ack_wait).
-        A batch fetched ahead when the loop stops is nak'ed: redelivered at once, not after
-        ack_wait."""
-        js = self.bus.js
-        sub = None
+        Messages come from a ``PullStream`` (ADR 0017): pull requests stay outstanding at the
+        server while a batch is processed, and each turn takes whatever has arrived (up to
+        ``consumer_batch``) instead of waiting for a full batch. With ``consumer_prefetch`` a
+        new request is sent while half a batch is still owed, so the server's sending overlaps
+        the handler's work; not while errors repeat (messages held through a back-off would
+        only wait out their ack_wait). What was received and not handed out when the loop
+        stops is nak'ed: redelivered at once, not after ack_wait."""
         failures = 0
-        ahead: asyncio.Task[list[Msg]] | None = None
         try:
             while not self._stop.is_set():
                 try:
-                    if sub is None:
-                        sub = await js.pull_subscribe_bind(
-                            durable=self.handler.name, stream=self.handler.stream
+                    if self._pull is None:
+                        pull = PullStream(
+                            self.bus.nc,
+                            self.handler.stream,
+                            self.handler.name,
+                            batch=self.settings.consumer_batch,
+                            expires_s=self.fetch_timeout_s,
                         )
-                    fetching, ahead = ahead or asyncio.create_task(self._fetch(sub)), None
-                    msgs = await fetching
-                except (TimeoutError, FetchTimeoutError, NatsTimeout):
+                        await pull.start()
+                        self._pull = pull
+                    self._pull.ahead = self.settings.consumer_prefetch and failures == 0
+                    msgs = await self._pull.next_batch(self.fetch_timeout_s)
+                except (TimeoutError, NatsTimeout):
                     self._last_fetch = time.monotonic()
                     self.state.last_fetch_at = _now_iso()
                     continue
@@ -204,8 +210,6 @@ class ConsumerRunner:
                 self._last_fetch = time.monotonic()
                 self.state.last_fetch_at = _now_iso()
                 self.state.connected = True
-                if self.settings.consumer_prefetch and failures == 0:
-                    ahead = asyncio.create_task(self._fetch(sub))
                 try:
                     await self._process(msgs)
                 except Exception as exc:  # ack/nak/term or a dead-letter publish failed
@@ -216,29 +220,9 @@ class ConsumerRunner:
                 else:
                     failures = 0
         finally:
-            if ahead is not None:
-                await self._release(ahead)
-
-    async def _fetch(self, sub: Any) -> list[Msg]:
-        msgs: list[Msg] = await sub.fetch(
-            self.settings.consumer_batch, timeout=self.fetch_timeout_s
-        )
-        return msgs
-
-    async def _release(self, ahead: asyncio.Task[list[Msg]]) -> None:
-        """Give a batch fetched ahead back to the server (nak: redelivered at once)."""
-        try:
-            msgs = await ahead
-        except asyncio.CancelledError:
-            ahead.cancel()
-            raise
-        except Exception:  # a fetch that timed out or failed holds nothing
-            return
-        for msg in msgs:
-            with contextlib.suppress(Exception):
-                await msg.nak()
-        with contextlib.suppress(Exception):
-            await self.bus.nc.flush(timeout=2)
+            if self._pull is not None:
+                await self._pull.close()
+                self._pull = None
 
     async def _pause(self, failures: int) -> None:
         delay = min(0.25 * 2 ** min(failures - 1, 5), 8.0)
@@ -299,7 +283,8 @@ class ConsumerRunner:
                 )
             if self._stop.is_set():
                 return None
-            for msg, _ in valid:
+            held = self._pull.held() if self._pull is not None else []
+            for msg in [m for m, _ in valid] + held:
                 with contextlib.suppress(Exception):
                     await msg.in_progress()  # restart ack_wait: still ours
             await self._pause(attempt)
