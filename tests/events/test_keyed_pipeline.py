@@ -83,3 +83,28 @@ async def test_an_unanswered_write_is_an_infrastructure_error(
     assert store._cache == {}  # unconfirmed: the next write re-reads the record
     assert store._pipeline is not None
     assert store._pipeline._waiting == {}
+
+
+async def test_records_not_cached_are_read_in_the_pipeline(
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path
+) -> None:
+    """A process that did not write a key last (a restart, another replica) reads the record
+    in the batch's pipeline: the events already folded in stay counted once; a deleted key
+    starts again from empty after its delete marker (its event ids went with it, so the
+    redelivered events count again there)."""
+    bus = await provision(nc, events_settings(tmp_path, nats.url))
+    kv = await bus.kv("user_features")
+    first = KeyedStore(kv, empty_user_state, apply_signals)
+    held = {f"r{u}": items_for(f"r{u}", 2, 10 * u) for u in range(20)}
+    assert (await first.write_many(held)).applied == 40
+    await kv.delete("r0")
+    restarted = KeyedStore(kv, empty_user_state, apply_signals)  # an empty cache
+    more = {u: items + items_for(u, 1, 500) for u, items in held.items()}  # redelivered + 1 new
+    result = await restarted.write_many(more)
+    assert (result.applied, result.duplicates, result.conflicts) == (19 + 3, 19 * 2, 0)
+    assert restarted._pipeline is not None
+    assert restarted._pipeline._reading == {}  # every read answered and let go
+    for u in range(20):
+        state = await restarted.state(f"r{u}")
+        assert state is not None
+        assert state["total"] == {"task.completed": 3}

@@ -23,6 +23,7 @@ events a day should be sharded — see ADR 0008).
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import time
 from collections import OrderedDict
@@ -67,7 +68,8 @@ WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "wrong last sequence" error 
 
 
 class PipelinedCas:
-    """Compare-and-set writes to a KV bucket as pipelined JetStream publishes.
+    """Compare-and-set writes — and the reads they need — to a KV bucket as pipelined
+    JetStream messages.
 
     A KV update is a publish to ``$KV.<bucket>.<key>`` with the header
     ``Nats-Expected-Last-Subject-Sequence``; the server answers with the new revision or
@@ -75,20 +77,27 @@ class PipelinedCas:
     random reply token per write, and a dataclass per answer, which the ingest profile showed
     to be about half of the consumer's time (ADR 0006). Here every write of a batch is sent
     before any answer is awaited, answers arrive on one reply subscription keyed by a counter,
-    and the caller awaits them all under one deadline."""
+    and the caller awaits them all under one deadline. Reads of records not in the cache (a
+    key seen for the first time, or written by another process since) go the same way: the
+    stream's last message on the key's subject (``STREAM.MSG.GET`` with ``last_by_subj``, as
+    ``KeyValue.get`` asks without direct gets), all of a batch's sent before any is awaited."""
 
     def __init__(self, kv: KeyValue) -> None:
         # nats-py keeps the bucket's subject prefix and connection private; KeyValue.update
         # publishes to exactly this subject with exactly this header.
         self._pre: str = kv._pre
         self._nc: Any = kv._js._nc
+        self._get_subject = f"{kv._js._prefix}.STREAM.MSG.GET.{kv._stream}"
         self._waiting: dict[str, asyncio.Future[int]] = {}
+        self._reading: dict[str, asyncio.Future[tuple[int, bytes | None]]] = {}
         self._prefix = ""
         self._ids = itertools.count(1)
         self._sub: Any = None
 
     async def _on_reply(self, msg: Msg) -> None:
-        fut = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        token = msg.subject[len(self._prefix) :]
+        reading = self._reading.pop(token, None)
+        fut: asyncio.Future[Any] | None = reading or self._waiting.pop(token, None)
         if fut is None or fut.done():
             return
         if not msg.data:  # a status message (503: no stream answers the subject)
@@ -96,6 +105,9 @@ class PipelinedCas:
             fut.set_exception(NoRespondersError() if status == "503" else NatsError(status))
             return
         answer = orjson.loads(msg.data)
+        if reading is not None:
+            _read_answer(reading, answer)
+            return
         error = answer.get("error")
         if error is None:
             fut.set_result(int(answer["seq"]))
@@ -107,12 +119,33 @@ class PipelinedCas:
             except APIError as exc:
                 fut.set_exception(exc)
 
-    async def put(self, key: str, value: bytes, last: int) -> asyncio.Future[int]:
-        """Send the write; the returned future gives the new revision."""
+    async def _subscribe(self) -> None:
         if self._sub is None or self._sub._closed:
             inbox = self._nc.new_inbox()
             self._prefix = f"{inbox}."
             self._sub = await self._nc.subscribe(f"{inbox}.*", cb=self._on_reply)
+
+    async def get(self, key: str) -> asyncio.Future[tuple[int, bytes | None]]:
+        """Send the read; the returned future gives (revision, record), (0, None) for a key
+        never written, (revision, None) for a deleted one."""
+        await self._subscribe()
+        token = str(next(self._ids))
+        fut: asyncio.Future[tuple[int, bytes | None]] = asyncio.get_running_loop().create_future()
+        self._reading[token] = fut
+        try:
+            await self._nc.publish(
+                self._get_subject,
+                orjson.dumps({"last_by_subj": self._pre + key}),
+                reply=self._prefix + token,
+            )
+        except BaseException:
+            self._reading.pop(token, None)
+            raise
+        return fut
+
+    async def put(self, key: str, value: bytes, last: int) -> asyncio.Future[int]:
+        """Send the write; the returned future gives the new revision."""
+        await self._subscribe()
         token = str(next(self._ids))
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting[token] = fut
@@ -128,17 +161,42 @@ class PipelinedCas:
             raise
         return fut
 
-    def forget(self, futures: Sequence[asyncio.Future[int]]) -> None:
-        """Drop writes whose answers are no longer awaited (a deadline passed)."""
+    def forget(self, futures: Sequence[asyncio.Future[Any]]) -> None:
+        """Drop reads and writes whose answers are no longer awaited (a deadline passed)."""
         gone = set(map(id, futures))
-        for token, fut in list(self._waiting.items()):
-            if id(fut) in gone:
-                del self._waiting[token]
+        for waiting in (self._waiting, self._reading):
+            for token, fut in list(waiting.items()):
+                if id(fut) in gone:
+                    del waiting[token]
         for fut in futures:
             if not fut.done():
                 fut.cancel()
             elif not fut.cancelled():
                 fut.exception()  # retrieved: no "never retrieved" warning
+
+
+NO_MESSAGE_FOUND = 10037  # JetStream: no message on that subject
+
+
+def _read_answer(fut: asyncio.Future[tuple[int, bytes | None]], answer: dict[str, Any]) -> None:
+    error = answer.get("error")
+    if error is not None:
+        if error.get("err_code") == NO_MESSAGE_FOUND:
+            fut.set_result((0, None))
+            return
+        try:
+            APIError.from_error(error)  # raises the typed error (503 -> transient)
+        except APIError as exc:
+            fut.set_exception(exc)
+        return
+    message = answer["message"]
+    revision = int(message["seq"])
+    headers = base64.b64decode(message.get("hdrs") or b"")
+    if b"KV-Operation: DEL" in headers or b"KV-Operation: PURGE" in headers:
+        fut.set_result((revision, None))  # a delete marker: write after it, from empty
+        return
+    data = message.get("data")
+    fut.set_result((revision, base64.b64decode(data) if data else None))
 
 
 @dataclass
@@ -242,27 +300,40 @@ class KeyedStore(Generic[E]):
     async def write_many(self, groups: dict[str, list[Item[E]]]) -> WriteResult:
         """Write every key's items; the first failure is raised after all finish.
 
-        Keys whose record is cached (the common case: this process wrote them last) are
-        written in one pipelined round (``PipelinedCas``): every compare-and-set is sent,
-        then the answers are awaited under one deadline. A key not cached, or whose write
-        met another writer's revision, goes the one-by-one way: read, fold, write, retry."""
-        total = WriteResult()
-        slow: dict[str, list[Item[E]]] = {}
-        sent: list[tuple[str, bytes, int, int, asyncio.Future[int]]] = []
+        In rounds (``PipelinedCas``): the records not in the cache (the common case is that
+        this process wrote a key last, and its record is cached) are read, every key's
+        compare-and-set is sent, and the answers are awaited under one deadline; a key whose
+        write met another writer's revision is read again in the next round."""
         if self._pipeline is None:
-            slow = groups
-        else:
+            return await self._write_each(groups)
+        pipeline = self._pipeline
+        total = WriteResult()
+        todo = dict(groups)
+        for _ in range(self._max_attempts):
+            if not todo:
+                return total
+            reads: list[tuple[str, asyncio.Future[tuple[int, bytes | None]]]] = []
+            sent: list[tuple[str, bytes, int, int, asyncio.Future[int]]] = []
             try:
-                for key, items in groups.items():
+                records: dict[str, tuple[int, bytes | None]] = {}
+                for key in todo:
                     cached = self._cache.get(key)
                     if cached is None:
-                        slow[key] = items
-                        continue
-                    value, applied = self._prepare(cached[1], items)
+                        reads.append((key, await pipeline.get(key)))
+                    else:
+                        records[key] = cached
+                if reads:
+                    async with asyncio.timeout(self.timeout_s):
+                        for key, read in reads:
+                            records[key] = await read
+                for key, (revision, raw) in records.items():
+                    items = todo[key]
+                    value, applied = self._prepare(raw, items)
                     if value is None:
                         total.duplicates += len(items)
+                        del todo[key]
                         continue
-                    fut = await self._pipeline.put(key, value, cached[0])
+                    fut = await pipeline.put(key, value, revision)
                     sent.append((key, value, applied, len(items) - applied, fut))
                 async with asyncio.timeout(self.timeout_s):
                     for key, value, applied, duplicates, fut in sent:
@@ -271,11 +342,11 @@ class KeyedStore(Generic[E]):
                         except KeyWrongLastSequenceError:
                             total.conflicts += 1
                             self._cache.pop(key, None)
-                            slow[key] = groups[key]
                             continue
                         self._remember(key, revision, value)
                         total.applied += applied
                         total.duplicates += duplicates
+                        del todo[key]
             except BaseException:
                 # Unconfirmed writes may or may not have happened: forget their cached
                 # revisions (the next write re-reads; the record's event ids keep it exact).
@@ -284,12 +355,20 @@ class KeyedStore(Generic[E]):
                         self._remember(key, fut.result(), value)
                     else:
                         self._cache.pop(key, None)
-                self._pipeline.forget([f for *_, f in sent])
+                pipeline.forget([f for _, f in reads] + [f for *_, f in sent])
                 raise
-        if not slow:
-            return total
+        if todo:
+            key = next(iter(todo))
+            raise ConflictError(
+                f"key {key!r}: still conflicting after {self._max_attempts} attempts"
+            )
+        return total
+
+    async def _write_each(self, groups: dict[str, list[Item[E]]]) -> WriteResult:
+        """One key at a time (a request per read and per write), concurrently."""
+        total = WriteResult()
         results = await asyncio.gather(
-            *(self.write(k, v) for k, v in slow.items()), return_exceptions=True
+            *(self.write(k, v) for k, v in groups.items()), return_exceptions=True
         )
         for r in results:
             if isinstance(r, BaseException):
