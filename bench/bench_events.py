@@ -188,7 +188,6 @@ async def processes(n: int, users: int, count: int, tmp: Path) -> float:
             "TIPML_LOG_LEVEL": "ERROR",
             "TIPML_CONSUMER_BATCH": "500",
         }
-        start: float | None = None
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "tipml", "consume", "--only", "signals"],
@@ -199,25 +198,30 @@ async def processes(n: int, users: int, count: int, tmp: Path) -> float:
             for i in range(count)
         ]
         try:
-            while True:
-                await asyncio.sleep(0.05)
-                try:
-                    info = await bus.js.consumer_info(SIGNALS, "signals-features")
-                except Exception:  # noqa: S112 — not created yet: the processes are starting
-                    continue
-                floor = (info.ack_floor.stream_seq or 0) if info.ack_floor else 0
-                if start is None and floor > 0:
-                    start = time.perf_counter()  # the first ack: a process is up
-                if floor >= n:
-                    break
-            assert start is not None
-            elapsed = time.perf_counter() - start
+            return await _drain_rate(bus, "signals-features", n)
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(10)
             await nc.close()
-    return n / elapsed
+
+
+async def _drain_rate(bus: Any, durable: str, n: int) -> float:
+    """Events/s from the durable's first ack to its ack floor reaching ``n`` (the processes'
+    start-up left out)."""
+    start: float | None = None
+    while True:
+        await asyncio.sleep(0.02)
+        try:
+            info = await bus.js.consumer_info(SIGNALS, durable)
+        except Exception:  # noqa: S112 — not created yet: the processes are starting
+            continue
+        floor = (info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+        if start is None and floor > 0:
+            start = time.perf_counter()  # the first ack: a process is up
+        if floor >= n:
+            assert start is not None
+            return n / (time.perf_counter() - start)
 
 
 async def raw_consumer(url: str) -> None:
@@ -265,24 +269,13 @@ async def raw_processes(n: int, users: int, count: int, tmp: Path) -> float:
             )
             for _ in range(count)
         ]
-        start: float | None = None
         try:
-            while True:
-                await asyncio.sleep(0.02)
-                info = await bus.js.consumer_info(SIGNALS, "raw-procs")
-                floor = (info.ack_floor.stream_seq or 0) if info.ack_floor else 0
-                if start is None and floor > 0:
-                    start = time.perf_counter()
-                if floor >= n:
-                    break
-            assert start is not None
-            elapsed = time.perf_counter() - start
+            return await _drain_rate(bus, "raw-procs", n)
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(10)
             await nc.close()
-    return n / elapsed
 
 
 async def visibility_lag(rate: float, seconds: float, users: int, tmp: Path) -> dict[str, Any]:
