@@ -88,17 +88,22 @@ async def publish_backlog(js: Any, n: int, users: int, burst: int = 1) -> None:
     await asyncio.gather(*pending)
 
 
-async def raw_loop(js: Any, n: int) -> float:
+async def add_raw_durable(js: Any, name: str) -> None:
+    """The raw loop's durable: explicit acks on every signal, nothing else."""
     await js.add_consumer(
         SIGNALS,
         config=ConsumerConfig(
-            durable_name="raw",
-            name="raw",
+            durable_name=name,
+            name=name,
             ack_policy=AckPolicy.EXPLICIT,
             filter_subject="signals.>",
             max_ack_pending=20_000,
         ),
     )
+
+
+async def raw_loop(js: Any, n: int) -> float:
+    await add_raw_durable(js, "raw")
     sub = await js.pull_subscribe_bind(durable="raw", stream=SIGNALS)
     done = 0
     start = time.perf_counter()
@@ -251,16 +256,7 @@ async def raw_processes(n: int, users: int, count: int, tmp: Path) -> float:
         settings = settings_for(server.url, tmp / f"data-raw-processes-{count}")
         bus = await provision(nc, settings)
         await publish_backlog(bus.js, n, users, 1)
-        await bus.js.add_consumer(
-            SIGNALS,
-            config=ConsumerConfig(
-                durable_name="raw-procs",
-                name="raw-procs",
-                ack_policy=AckPolicy.EXPLICIT,
-                filter_subject="signals.>",
-                max_ack_pending=20_000,
-            ),
-        )
+        await add_raw_durable(bus.js, "raw-procs")
         procs = [
             subprocess.Popen(
                 [sys.executable, __file__, "--raw-consumer", server.url],
