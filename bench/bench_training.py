@@ -136,7 +136,7 @@ def generate(root: Path, n: int, candidates: int, seed: int = 7) -> None:
             )
         for stream, rows in (("decisions", d_rows), ("feedback", f_rows)):
             day = rows[0]["ts"].strftime("%Y-%m-%d")
-            folder = root / stream / day
+            folder = root / stream / f"date={day}"  # the archiver's layout (ADR 0015)
             folder.mkdir(parents=True, exist_ok=True)
             table = pa.Table.from_pylist(rows, schema=SCHEMA)
             pq.write_table(

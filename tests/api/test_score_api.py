@@ -236,3 +236,68 @@ def test_metrics_stay_this_process_s_when_feast_sets_the_multiprocess_variable(
     assert client.post("/score", json=body, headers=AUTH).status_code == 200
     page = client.get("/metrics").text
     assert 'tipml_http_requests_total{method="POST",route="/score",status="200"} 1.0' in page
+
+
+def test_score_answered_at_the_edge_keeps_the_contract_of_the_framework_path(
+    client: TestClient,
+) -> None:
+    """A JSON POST to ``/score`` is answered by the middleware's fast route; the framework's
+    route still answers what it declines. Same answers either way: the ranking, the
+    errors of the app's own handlers, the request id, the route's metrics."""
+    fast = client.post("/score", json=body(3), headers={**AUTH, "X-Request-ID": "fast-1"})
+    assert fast.status_code == 200
+    assert fast.headers["x-request-id"] == "fast-1"
+    assert fast.headers["content-type"] == "application/json"
+    assert int(fast.headers["content-length"]) == len(fast.content)
+    assert [r["rank"] for r in fast.json()["results"]] == [1, 2, 3]
+    # a chunked body (no content-length) is buffered by the middleware, then answered
+    chunked = client.post(
+        "/score",
+        content=iter([b'{"user_id": "u-1", "candidates": ', b'[{"tip_id": "a"}]}']),
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert chunked.status_code == 200
+    assert chunked.json()["results"][0]["tip_id"] == "a"
+    # errors: the same bodies as the framework's path, with the request id
+    refused = client.post("/score", json={"user_id": "u"}, headers={**AUTH, "X-Request-ID": "r-2"})
+    data = err(refused, 422, "candidates")
+    assert data["request_id"] == "r-2"
+    assert refused.headers["x-request-id"] == "r-2"
+    err(client.post("/score", json=body(2)), 401, "authorization")
+    err(client.post("/score", content=b"{", headers=AUTH), 422, "body")
+    # declined (not JSON): the framework's route answers, as before
+    declined = client.post(
+        "/score", content=b"user_id=u", headers={**AUTH, "Content-Type": "text/plain"}
+    )
+    assert declined.status_code == 422
+    # generated request ids: 32 hex characters, never repeated
+    made = {client.post("/score", json=body(1), headers=AUTH).headers["x-request-id"]}
+    made.add(client.post("/score", json=body(1), headers=AUTH).headers["x-request-id"])
+    assert len(made) == 2
+    assert all(len(r) == 32 and int(r, 16) >= 0 for r in made)
+    page = client.get("/metrics").text
+    assert 'tipml_http_requests_total{method="POST",route="/score",status="200"} 4.0' in page
+    assert 'tipml_http_requests_total{method="POST",route="/score",status="422"} 3.0' in page
+    assert 'tipml_http_requests_total{method="POST",route="/score",status="401"} 1.0' in page
+
+
+def test_a_failing_decision_record_is_logged_and_the_answer_stands(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The decision record runs after the answer is sent: its failure (a bug, never a client
+    mistake) is logged with the route; the client already has its 200."""
+    service = client.app.state.runtime.score_service  # type: ignore[attr-defined]
+
+    class Broken:
+        def record(self, kind: str, decision_id: str, payload: dict[str, Any]) -> None:
+            raise RuntimeError("sink broken")
+
+    service.decisions = Broken()
+    with caplog.at_level("ERROR", logger="tipml.serving"):
+        resp = client.post("/score", json=body(2), headers=AUTH)
+    assert resp.status_code == 200
+    assert len(resp.json()["results"]) == 2
+    failed = [r for r in caplog.records if r.getMessage() == "after-response work failed"]
+    assert len(failed) == 1
+    assert failed[0].exc_info is not None
+    assert "sink broken" in str(failed[0].exc_info[1])

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tipml import __version__
 from tipml.errors import TipmlError
 from tipml.logs import request_id_var
-from tipml.serving.endpoints import router
+from tipml.serving.endpoints import ScoreFastRoute, router
 from tipml.serving.middleware import RequestMiddleware
 from tipml.serving.runtime import Runtime
 from tipml.serving.scoring import Scorer
@@ -143,6 +143,7 @@ def create_app(settings: Settings, *, scorer: Scorer | None = None) -> FastAPI:
         metrics=runtime.metrics,
         max_body_bytes=settings.max_body_bytes,
         log_requests=settings.log_requests,
+        fast_routes=(ScoreFastRoute(),),
     )
     return app
 

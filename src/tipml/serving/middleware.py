@@ -1,17 +1,21 @@
-"""Pure ASGI middleware: request id, body size limit, access log and HTTP metrics.
+"""Pure ASGI middleware: request id, body size limit, access log and HTTP metrics — and the
+fast routes, answered here without the framework's layers below (``/score``).
 
 Pure ASGI (not ``BaseHTTPMiddleware``) keeps the per-request overhead to a few microseconds.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import orjson
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tipml.errors import PayloadTooLarge
@@ -21,6 +25,40 @@ from tipml.serving.metrics import Metrics
 access_log = logging.getLogger("tipml.access")
 error_log = logging.getLogger("tipml.serving")
 _VALID_RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class FastRoute(Protocol):
+    """A route the middleware answers itself: ``accepts`` says whether this request is one
+    (method, content type); the call returns the 200 JSON body and the work to run once it is
+    sent, or raises an error the app's exception handlers translate."""
+
+    path: str
+
+    def accepts(self, scope: Scope) -> bool: ...
+
+    async def __call__(
+        self, scope: Scope, body: bytes, started: float
+    ) -> tuple[bytes, Sequence[Callable[[], None]]]: ...
+
+
+class _RequestIds:
+    """Request ids for requests that bring none: unique without a system call per request
+    (``uuid4`` reads the kernel's random source each time) — a random prefix per process,
+    then a counter; a forked or spawned worker draws its own prefix."""
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._prefix = ""
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._prefix = os.urandom(8).hex()
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+_request_ids = _RequestIds()
 
 
 def _error_response(status: int, code: str, detail: str, rid: str) -> tuple[Message, Message]:
@@ -50,14 +88,33 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body; None when the client went away first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 class RequestMiddleware:
     def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, log_requests: bool
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        log_requests: bool,
+        fast_routes: Sequence[FastRoute] = (),
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
         self.log_requests = log_requests
+        self.fast: Mapping[str, FastRoute] = {r.path: r for r in fast_routes}
 
     async def _buffer(self, receive: Receive) -> tuple[bytes, str | None]:
         chunks: list[bytes] = []
@@ -90,10 +147,13 @@ class RequestMiddleware:
                     length = int(value)
                 except ValueError:
                     length = None
-        rid = rid or uuid.uuid4().hex
+        rid = rid or _request_ids.next()
         token = request_id_var.set(rid)
         status = 500
         started_response = False
+        fast = self.fast.get(scope["path"])
+        if fast is not None and not fast.accepts(scope):
+            fast = None
         rid_header = (b"x-request-id", rid.encode())
 
         async def send_wrapper(message: Message) -> None:
@@ -120,7 +180,10 @@ class RequestMiddleware:
                 await send(body)
             else:
                 try:
-                    await self.app(scope, app_receive, send_wrapper)
+                    if fast is not None:
+                        status = await self._answer(fast, scope, app_receive, send_wrapper)
+                    else:
+                        await self.app(scope, app_receive, send_wrapper)
                 except Exception:
                     # The one place an unexpected error becomes a response: a JSON 500 that
                     # keeps the contract (request id in the body and the header), no trace.
@@ -136,7 +199,7 @@ class RequestMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             route: Any = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            path = fast.path if fast is not None else getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(path, scope["method"], str(status)).inc()
             self.metrics.latency.labels(path).observe(elapsed)
             if self.log_requests and path not in ("/healthz", "/metrics"):
@@ -150,3 +213,39 @@ class RequestMiddleware:
                     },
                 )
             request_id_var.reset(token)
+
+    async def _answer(self, route: FastRoute, scope: Scope, receive: Receive, send: Send) -> int:
+        """A fast route's answer, sent; its status. A client error goes through the app's own
+        exception handlers (the same bodies as the framework's path); anything else is raised
+        to the caller's 500. The route's after-work runs once the response is sent."""
+        started = time.perf_counter()
+        body = await _read_body(receive)
+        if body is None:
+            return 499  # the client went away: nothing to answer
+        try:
+            content, after = await route(scope, body, started)
+        except Exception as exc:
+            handlers: dict[Any, Any] = scope["app"].exception_handlers
+            handler = next((handlers[c] for c in type(exc).__mro__ if c in handlers), None)
+            if handler is None:
+                raise
+            response = await handler(Request(scope, receive), exc)
+            await response(scope, receive, send)
+            return int(response.status_code)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(content)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+        for job in after:
+            try:
+                job()
+            except Exception:  # the answer is sent; the job's failure is logged, not raised
+                error_log.exception("after-response work failed", extra={"path": route.path})
+        return 200
