@@ -301,3 +301,27 @@ def test_a_failing_decision_record_is_logged_and_the_answer_stands(
     assert len(failed) == 1
     assert failed[0].exc_info is not None
     assert "sink broken" in str(failed[0].exc_info[1])
+
+
+def test_candidate_defaults_reach_the_features_and_the_decision_log(client: TestClient) -> None:
+    """Candidates arrive as typed dicts (ADR 0018): what a candidate leaves out gets the
+    contract's defaults — no category, no tags, source ``curated`` — in the decision log."""
+    service = client.app.state.runtime.score_service  # type: ignore[attr-defined]
+    logged: list[dict[str, Any]] = []
+
+    class Capture:
+        def record(self, kind: str, decision_id: str, payload: dict[str, Any]) -> None:
+            logged.append(payload)
+
+    service.decisions = Capture()
+    full = {"tip_id": "b", "category": "sleep", "tags": ["evening"], "source": "generated"}
+    resp = client.post(
+        "/score", json={"user_id": "u-d", "candidates": [{"tip_id": "a"}, full]}, headers=AUTH
+    )
+    assert resp.status_code == 200
+    (decision,) = logged
+    got = {c["tip_id"]: (c["category"], c["tags"], c["source"]) for c in decision["candidates"]}
+    assert got == {"a": (None, [], "curated"), "b": ("sleep", ["evening"], "generated")}
+    # a candidate that is not an object is refused by name
+    bad = client.post("/score", json={"user_id": "u", "candidates": ["a"]}, headers=AUTH)
+    assert err(bad, 422, "candidates.0")["detail"].startswith("candidates.0: ")

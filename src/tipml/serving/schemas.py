@@ -9,7 +9,7 @@ versions, profile features) spelled out as enums.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import (
     BaseModel,
@@ -19,6 +19,7 @@ from pydantic import (
     StringConstraints,
     field_validator,
 )
+from typing_extensions import TypedDict
 
 from tipml.features import profile_schema
 from tipml.features.profile_schema import CATEGORIES
@@ -69,11 +70,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CandidateIn(_Strict):
+class CandidateIn(TypedDict):
+    """One candidate tip. A typed dict, not a model: 100 candidates validate ≈ 30 % faster
+    as dicts than as model instances (ADR 0018), and the JSON Schema is the same (the
+    defaults are stated for the document; ``ScoreService`` applies them)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
     tip_id: TipId
-    category: ShortText | None = None
-    tags: list[ShortText] = Field(default_factory=list, max_length=32)
-    source: Literal["curated", "generated"] = "curated"
+    category: NotRequired[Annotated[ShortText | None, Field(json_schema_extra={"default": None})]]
+    tags: NotRequired[Annotated[list[ShortText], Field(max_length=32)]]
+    source: NotRequired[
+        Annotated[Literal["curated", "generated"], Field(json_schema_extra={"default": "curated"})]
+    ]
 
 
 # JSON Schema cannot bound a date-time, but a pattern can bound its year: 1970-2199.

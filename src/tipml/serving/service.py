@@ -161,7 +161,12 @@ class ScoreService:
                 f"candidates: {len(req.candidates)} given, at most {limit} allowed",
                 field="candidates",
             )
-        out = [Candidate(c.tip_id, c.category, tuple(c.tags), c.source) for c in req.candidates]
+        out = [
+            Candidate(
+                c["tip_id"], c.get("category"), tuple(c.get("tags", ())), c.get("source", "curated")
+            )
+            for c in req.candidates
+        ]
         if len({c.tip_id for c in out}) < len(out):  # the slow way only to name the duplicate
             seen: dict[str, int] = {}
             for i, c in enumerate(out):
