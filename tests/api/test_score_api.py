@@ -325,3 +325,25 @@ def test_candidate_defaults_reach_the_features_and_the_decision_log(client: Test
     # a candidate that is not an object is refused by name
     bad = client.post("/score", json={"user_id": "u", "candidates": ["a"]}, headers=AUTH)
     assert err(bad, 422, "candidates.0")["detail"].startswith("candidates.0: ")
+
+
+def test_generated_request_ids_are_unique_across_a_fork() -> None:
+    """Ids come from a per-process random prefix and a counter: a forked child (a worker
+    started by fork) draws its own prefix, so two processes never hand out the same id."""
+    import os
+
+    from tipml.serving.middleware import _request_ids
+
+    first = _request_ids.next()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, _request_ids.next().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    second = _request_ids.next()
+    assert child[:16] != first[:16]
+    assert second[:16] == first[:16]
+    assert int(second[16:], 16) == int(first[16:], 16) + 1
+    assert len({first, child, second}) == 3

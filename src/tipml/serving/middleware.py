@@ -44,21 +44,21 @@ class FastRoute(Protocol):
 class _RequestIds:
     """Request ids for requests that bring none: unique without a system call per request
     (``uuid4`` reads the kernel's random source each time) — a random prefix per process,
-    then a counter; a forked or spawned worker draws its own prefix."""
+    then a counter. A forked child draws its own prefix (a spawned worker imports anew)."""
 
     def __init__(self) -> None:
-        self._pid = 0
-        self._prefix = ""
+        self.reset()
+
+    def reset(self) -> None:
+        self._prefix = os.urandom(8).hex()
         self._count = itertools.count()
 
     def next(self) -> str:
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._prefix = os.urandom(8).hex()
         return f"{self._prefix}{next(self._count):016x}"
 
 
 _request_ids = _RequestIds()
+os.register_at_fork(after_in_child=_request_ids.reset)
 
 
 def _error_response(status: int, code: str, detail: str, rid: str) -> tuple[Message, Message]:
