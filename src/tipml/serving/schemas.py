@@ -70,11 +70,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# One candidate tip. A typed dict, not a model: 100 candidates validate ≈ 30 % faster as dicts
+# than as model instances (ADR 0018), and the JSON Schema is the same — the defaults are stated
+# for the document, ``ScoreService`` applies them. (No docstring: it would become the schema's
+# description and change the committed OpenAPI document.)
 class CandidateIn(TypedDict):
-    """One candidate tip. A typed dict, not a model: 100 candidates validate ≈ 30 % faster
-    as dicts than as model instances (ADR 0018), and the JSON Schema is the same (the
-    defaults are stated for the document; ``ScoreService`` applies them)."""
-
     __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
     tip_id: TipId
     category: NotRequired[Annotated[ShortText | None, Field(json_schema_extra={"default": None})]]
