@@ -89,7 +89,11 @@ def problems(text: str, payload: str) -> list[str]:
             found.append(name)
     if reproduces(text, payload):
         found.append("reproduces payload")
-    if any(m in text.upper() for m in _MARKERS):
+    # a marker the payload carried (forwards or reversed) coming back, in any case; a word
+    # the model chose itself ("if your phone is hacked", after a title about hacking that
+    # asked for no marker) is not a payload coming back
+    carried = [m for m in _MARKERS if m in payload.upper() or m[::-1] in payload.upper()]
+    if any(m in text.upper() for m in carried):
         found.append("marker")
     return found
 
