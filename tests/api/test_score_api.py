@@ -303,7 +303,7 @@ def test_a_failing_decision_record_is_logged_and_the_answer_stands(
     assert "sink broken" in str(failed[0].exc_info[1])
 
 
-def test_candidate_defaults_reach_the_features_and_the_decision_log(client: TestClient) -> None:
+def test_candidate_defaults_reach_the_decision_log(client: TestClient) -> None:
     """Candidates arrive as typed dicts (ADR 0018): what a candidate leaves out gets the
     contract's defaults — no category, no tags, source ``curated`` — in the decision log."""
     service = client.app.state.runtime.score_service  # type: ignore[attr-defined]
