@@ -8,6 +8,10 @@
      and writes them to the KV bucket with compare-and-set and idempotency bookkeeping.
    The same events, each variant on a fresh server, one run; the ratio is the number that
    survives a noisy machine.
+   Then scale-out (``--processes N``): N ``tipml consume`` processes against one, with
+   unkeyed signals (the processes share the durable and the users) and with keyed signals in
+   N partitions (``--member K/N``: each process the only writer of its users, ADR 0019),
+   beside N raw loops against one (what N processes can gain on this machine).
 2. Event-to-feature visibility lag at a fixed publish rate: ``tipml consume --only signals`` in
    its own process; a KV watch in this process sees each user's record change and takes the
    time from the event's publish to the write that contains it.
@@ -43,6 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import machine, pct
+from tipml.domain.events import keyed_signal_subject
 from tipml.domain.records import SeenIds, event_digest
 from tipml.domain.users import empty_user_state, fold_signals
 from tipml.events.bus import SIGNALS, USER_FEATURES_BUCKET, EmbeddedNats, connect, provision
@@ -67,9 +72,13 @@ def settings_for(url: str, data_dir: Path) -> Settings:
     )
 
 
-async def publish_backlog(js: Any, n: int, users: int, burst: int = 1) -> None:
+async def publish_backlog(
+    js: Any, n: int, users: int, burst: int = 1, *, keyed: bool = False
+) -> None:
     """``burst`` consecutive events per user (an app session); 1: every event of a fetched
-    batch belongs to a different user (the worst case: one state write per event)."""
+    batch belongs to a different user (the worst case: one state write per event). ``keyed``:
+    on the user's subject (``signals-by-user.<user>.<kind>``, ADR 0019), else
+    ``signals.<kind>``."""
     now = datetime.now(UTC).isoformat()
     pending = []
     for i in range(n):
@@ -79,9 +88,8 @@ async def publish_backlog(js: Any, n: int, users: int, burst: int = 1) -> None:
             {"event_id": eid, "user_id": f"u{user}", "ts": now, "attrs": {"title": "focus session"}}
         )
         kind = "task.completed" if i % 3 else "app.opened"
-        pending.append(
-            await js.publish_async(f"signals.{kind}", body, headers={"Nats-Msg-Id": eid})
-        )
+        subject = keyed_signal_subject(f"u{user}", kind) if keyed else f"signals.{kind}"
+        pending.append(await js.publish_async(subject, body, headers={"Nats-Msg-Id": eid}))
         if len(pending) >= 2000:
             await asyncio.gather(*pending)
             pending.clear()
@@ -178,32 +186,46 @@ async def throughput(n: int, users: int, burst: int, tmp: Path) -> dict[str, Any
     }
 
 
-async def processes(n: int, users: int, count: int, tmp: Path) -> float:
-    """``count`` ``tipml consume --only signals`` processes sharing the durable consumer drain
-    a backlog of ``n`` events (every event a different user): events/s from the first ack to
-    the last (the interpreters' start-up left out)."""
-    with EmbeddedNats(tmp / f"nats-processes-{count}") as server:
+async def processes(n: int, users: int, count: int, tmp: Path, *, members: bool = False) -> float:
+    """``count`` ``tipml consume --only signals`` processes drain a backlog of ``n`` events
+    (every event a different user): events/s from the first ack to the last (the
+    interpreters' start-up left out). ``members=False``: unkeyed signals, the processes share
+    the durable consumer (and the users). ``members=True``: keyed signals in ``count``
+    partitions, process K runs ``--member K/count`` — the only writer of its users; one
+    process alone consumes every partition."""
+    label = f"{'members' if members else 'processes'}-{count}"
+    with EmbeddedNats(tmp / f"nats-{label}") as server:
         nc = await connect(server.url, "bench-processes")
-        settings = settings_for(server.url, tmp / f"data-processes-{count}")
+        partitions = count if members else 1
+        settings = settings_for(server.url, tmp / f"data-{label}").model_copy(
+            update={"signal_partitions": partitions}
+        )
         bus = await provision(nc, settings)
-        await publish_backlog(bus.js, n, users, 1)
+        await publish_backlog(bus.js, n, users, 1, keyed=members)
         env = {
             **os.environ,
             "TIPML_NATS_URL": server.url,
             "TIPML_LOG_LEVEL": "ERROR",
             "TIPML_CONSUMER_BATCH": "500",
+            "TIPML_SIGNAL_PARTITIONS": str(partitions),
         }
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "tipml", "consume", "--only", "signals"],
-                env={**env, "TIPML_DATA_DIR": str(tmp / f"data-processes-{count}-{i}")},
+                [sys.executable, "-m", "tipml", "consume", "--only", "signals"]
+                + (["--member", f"{i}/{count}"] if members and count > 1 else []),
+                env={**env, "TIPML_DATA_DIR": str(tmp / f"data-{label}-{i}")},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
             for i in range(count)
         ]
+        durables = (
+            [f"signals-features-p{p}" for p in range(partitions)]
+            if members
+            else ["signals-features"]
+        )
         try:
-            return await _drain_rate(bus, "signals-features", n)
+            return await _drain_rate(bus, durables, n)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -211,20 +233,22 @@ async def processes(n: int, users: int, count: int, tmp: Path) -> float:
             await nc.close()
 
 
-async def _drain_rate(bus: Any, durable: str, n: int) -> float:
-    """Events/s from the durable's first ack to its ack floor reaching ``n`` (the processes'
-    start-up left out)."""
+async def _drain_rate(bus: Any, durables: list[str], n: int) -> float:
+    """Events/s from the durables' first ack to their acks summing to ``n`` (the processes'
+    start-up left out): each durable's ack floor in its own delivery order."""
     start: float | None = None
     while True:
         await asyncio.sleep(0.02)
-        try:
-            info = await bus.js.consumer_info(SIGNALS, durable)
-        except Exception:  # noqa: S112 — not created yet: the processes are starting
-            continue
-        floor = (info.ack_floor.stream_seq or 0) if info.ack_floor else 0
-        if start is None and floor > 0:
+        acked = 0
+        for durable in durables:
+            try:
+                info = await bus.js.consumer_info(SIGNALS, durable)
+            except Exception:  # noqa: S112 — not created yet: the processes are starting
+                continue
+            acked += (info.ack_floor.consumer_seq or 0) if info.ack_floor else 0
+        if start is None and acked > 0:
             start = time.perf_counter()  # the first ack: a process is up
-        if floor >= n:
+        if acked >= n:
             assert start is not None
             return n / (time.perf_counter() - start)
 
@@ -266,7 +290,7 @@ async def raw_processes(n: int, users: int, count: int, tmp: Path) -> float:
             for _ in range(count)
         ]
         try:
-            return await _drain_rate(bus, "raw-procs", n)
+            return await _drain_rate(bus, ["raw-procs"], n)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -397,6 +421,16 @@ def main() -> None:
                         )
                 scale["ratio"] = round(scale[str(args.processes)] / scale["1"], 2)
                 for count in (1, args.processes):
+                    with console.status(f"keyed ingest with {count} member process(es)"):
+                        scale[f"members_{count}"] = round(
+                            asyncio.run(
+                                processes(args.events, args.users, count, Path(tmp), members=True)
+                            )
+                        )
+                scale["members_ratio"] = round(
+                    scale[f"members_{args.processes}"] / scale["members_1"], 2
+                )
+                for count in (1, args.processes):
                     with console.status(f"ingest with {count} raw nats-py process(es)"):
                         scale[f"raw_{count}"] = round(
                             asyncio.run(raw_processes(args.events, args.users, count, Path(tmp)))
@@ -448,8 +482,16 @@ def main() -> None:
     if "processes" in results:
         p = results["processes"]
         table.add_row(
-            f"tipml consume: 1 process / {args.processes} processes (backlog, first ack to last)",
+            f"tipml consume, unkeyed signals: 1 process / {args.processes} sharing the durable "
+            "(backlog, first ack to last)",
             f"{p['1']:,} / {p[str(args.processes)]:,} events/s ({p['ratio']:.2f}x)",
+            "",
+        )
+        table.add_row(
+            f"tipml consume, keyed signals: 1 process / {args.processes} members "
+            f"(--member K/{args.processes}, {args.processes} partitions)",
+            f"{p['members_1']:,} / {p[f'members_{args.processes}']:,} events/s "
+            f"({p['members_ratio']:.2f}x)",
             "≥ 1.6x",
         )
         table.add_row(

@@ -173,6 +173,21 @@ class Settings(BaseSettings):
     consumers: Literal["inprocess", "off"] = Field(
         "inprocess", description="Run the JetStream consumers inside `tipml serve`."
     )
+    signal_partitions: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Partitions of the keyed signals (`signals-by-user.<user>.<kind>`): the "
+        "server hashes the user into one of them, and a consumer process can own a share "
+        "(`tipml consume --member K/N`). Grow it freely; shrink it only once the partitions "
+        "above the new count are drained (ADR 0019).",
+    )
+    consumer_member: str | None = Field(
+        None,
+        pattern=r"^\d+/\d+$",
+        description="`K/N`: this process is member K of N and consumes the signal partitions "
+        "p with p % N == K (each member one writer of its users). Unset: every partition.",
+    )
     consumer_batch: int = Field(500, ge=1, le=10_000)
     consumer_ack_wait_s: float = Field(30, gt=0)
     consumer_max_deliver: int = Field(5, ge=2, le=100)
@@ -246,7 +261,24 @@ class Settings(BaseSettings):
                 raise ValueError("every TIPML_API_TOKENS entry must be at least 16 characters")
         if self.scorer == "lightgbm" and self.model_path is None:
             raise ValueError("TIPML_SCORER=lightgbm needs TIPML_MODEL_PATH")
+        if self.consumer_member is not None:
+            k, n = (int(v) for v in self.consumer_member.split("/"))
+            if not 0 <= k < n:
+                raise ValueError(f"TIPML_CONSUMER_MEMBER {self.consumer_member}: K must be 0..N-1")
+            if not self.owned_partitions:
+                raise ValueError(
+                    f"TIPML_CONSUMER_MEMBER {self.consumer_member}: owns none of the "
+                    f"{self.signal_partitions} signal partitions (TIPML_SIGNAL_PARTITIONS)"
+                )
         return self
+
+    @property
+    def owned_partitions(self) -> list[int]:
+        """The signal partitions this process consumes (``TIPML_CONSUMER_MEMBER``)."""
+        if self.consumer_member is None:
+            return list(range(self.signal_partitions))
+        k, n = (int(v) for v in self.consumer_member.split("/"))
+        return [p for p in range(self.signal_partitions) if p % n == k]
 
     def check_serving(self) -> None:
         """What serving needs on top of valid values: refuse to start without a token."""

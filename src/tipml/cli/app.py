@@ -47,11 +47,11 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
         fail(exc)
 
 
-def settings() -> Any:
+def settings(**overrides: object) -> Any:
     from tipml.settings import load_settings
 
     try:
-        return load_settings()
+        return load_settings(**overrides)
     except TipmlError as exc:
         fail(exc)
 

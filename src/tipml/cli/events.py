@@ -19,6 +19,13 @@ def consume(
         str, typer.Option(help="Comma-separated: signals, feedback, archiver, learner.")
     ] = "signals,feedback,archiver,learner",
     metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics (0: off).")] = 0,
+    member: Annotated[
+        str | None,
+        typer.Option(
+            help="K/N: consume only the signal partitions p with p % N == K (each of N "
+            "processes the only writer of its users; TIPML_CONSUMER_MEMBER). Default: all."
+        ),
+    ] = None,
 ) -> None:
     """Run the JetStream consumers until SIGINT/SIGTERM (graceful: finish, ack, write state)."""
     from prometheus_client import CollectorRegistry, start_http_server
@@ -31,7 +38,7 @@ def consume(
     from tipml.logs import configure_logging
     from tipml.serving.prompts import known_versions
 
-    config = settings()
+    config = settings(consumer_member=member) if member is not None else settings()
     # Join the embedded server of a `tipml serve` on the same data dir rather than starting
     # a second one on the same store; with neither, start one (standalone consumers).
     config = config.model_copy(update={"nats_url": running_url(config)})

@@ -40,6 +40,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tipml.domain.events import signal_subject
 from tipml.events.bus import DECISIONS, FEEDBACK, SIGNALS
 from tipml.events.keyed import Item, WriteResult
 from tipml.events.location import ArchiveLocation
@@ -61,7 +62,8 @@ SCHEMA = pa.schema(
     ]
 )
 _PART = re.compile(r"^part-(\d+)-(\d+)(?:-\d+)?\.parquet$")
-_FILTERS = {SIGNALS: "signals.>", FEEDBACK: "feedback.>", DECISIONS: "ml.>"}
+# "": the whole stream (the signals come on three subject roots, domain/events.py)
+_FILTERS = {SIGNALS: "", FEEDBACK: "feedback.>", DECISIONS: "ml.>"}
 
 
 def _ts(value: Any) -> datetime | None:
@@ -139,7 +141,7 @@ class Archiver:
             "user_id": _str(body.get("user_id")),
             "ts": ts,
             "kind": _str(body.get("kind"))
-            or (subject.removeprefix("signals.") if subject.startswith("signals.") else None),
+            or (signal_subject(subject).kind if self.stream == SIGNALS else None),
             "tip_id": _str(body.get("tip_id")),
             "decision_id": _str(body.get("decision_id")),
             "reaction": _str(body.get("reaction"))

@@ -23,10 +23,12 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    SubjectTransform,
 )
 from nats.js.errors import BadRequestError, NotFoundError, ServerError
 from nats.js.kv import KeyValue
 
+from tipml.domain.events import KEYED_ROOT, PARTITIONED_ROOT, UNKEYED_ROOT
 from tipml.errors import ConfigError
 from tipml.net import die_with_parent, free_port
 from tipml.settings import Settings
@@ -36,10 +38,11 @@ log = logging.getLogger("tipml.bus")
 SIGNALS, FEEDBACK, DECISIONS, DLQ = "SIGNALS", "FEEDBACK", "DECISIONS", "DLQ"
 INSUFFICIENT_RESOURCES = (10028, 10047)  # JetStream: memory / storage resources exceeded
 STREAM_SUBJECTS = {
-    SIGNALS: "signals.>",
-    FEEDBACK: "feedback.>",
-    DECISIONS: "ml.>",
-    DLQ: "dlq.>",
+    # the signals' three forms (domain/events.py): unkeyed, keyed as published, keyed as stored
+    SIGNALS: (f"{UNKEYED_ROOT}.>", f"{KEYED_ROOT}.>", f"{PARTITIONED_ROOT}.>"),
+    FEEDBACK: ("feedback.>",),
+    DECISIONS: ("ml.>",),
+    DLQ: ("dlq.>",),
 }
 USER_FEATURES_BUCKET = "user_features"
 TIP_STATS_BUCKET = "tip_stats"
@@ -195,14 +198,26 @@ async def close_quietly(nc: NATS) -> None:
         await asyncio.wait_for(nc.close(), timeout=5)
 
 
+def partitioning(partitions: int) -> SubjectTransform:
+    """The SIGNALS stream's transform: a keyed signal is stored with its partition, the
+    server's deterministic hash of the user token modulo ``partitions``, in front."""
+    return SubjectTransform(
+        src=f"{KEYED_ROOT}.*.>",
+        dest=f"{PARTITIONED_ROOT}.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}.>",
+    )
+
+
 def stream_configs(settings: Settings) -> list[StreamConfig]:
     storage = StorageType.FILE if settings.stream_storage == "file" else StorageType.MEMORY
     out = []
-    for name, subject in STREAM_SUBJECTS.items():
+    for name, subjects in STREAM_SUBJECTS.items():
         out.append(
             StreamConfig(
                 name=name,
-                subjects=[subject],
+                subjects=list(subjects),
+                subject_transform=partitioning(settings.signal_partitions)
+                if name == SIGNALS
+                else None,
                 retention=RetentionPolicy.LIMITS,
                 discard=DiscardPolicy.OLD,
                 max_age=settings.dlq_max_age_s if name == DLQ else settings.stream_max_age_s,

@@ -46,7 +46,7 @@ class Handler(Protocol):
 
     name: str  # durable consumer name
     stream: str
-    filter_subject: str
+    filter_subject: str  # "": the whole stream
 
     def parse(self, subject: str, data: bytes) -> tuple[str, Any]:
         """(event_id, event) or ``InvalidEvent``."""
@@ -71,6 +71,7 @@ class ConsumerState:
     ack_floor: int = 0
     processed: int = 0
     duplicates: int = 0
+    conflicts: int = 0
     dead_lettered: int = 0
     redeliveries: int = 0
     retried: int = 0
@@ -91,7 +92,7 @@ def consumer_config(handler: Handler, settings: Settings) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=handler.name,
         name=handler.name,
-        filter_subject=handler.filter_subject,
+        filter_subject=handler.filter_subject or None,
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.consumer_ack_wait_s,
@@ -306,8 +307,11 @@ class ConsumerRunner:
         self.state.last_acked_seq = max(self.state.last_acked_seq, last)
         self.state.processed += result.applied
         self.state.duplicates += result.duplicates
+        self.state.conflicts += result.conflicts
         self.metrics.processed.labels(self.handler.name).inc(result.applied)
         self.metrics.duplicates.labels(self.handler.name).inc(result.duplicates)
+        if result.conflicts:
+            self.metrics.conflicts.labels(self.handler.name).inc(result.conflicts)
 
     async def _failed(self, msg: Msg, exc: Exception) -> None:
         delivered = msg.metadata.num_delivered or 1

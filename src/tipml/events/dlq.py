@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from nats.js.errors import NotFoundError
 
+from tipml.domain.events import published_subject
 from tipml.events.bus import DLQ, Bus
 
 
@@ -47,8 +48,13 @@ async def replay(bus: Bus, *, subject_prefix: str | None = None) -> list[dict[st
     replay: the original id may still be inside the stream's duplicate window."""
     replayed: list[dict[str, Any]] = []
     async for seq, letter in dead_letters(bus):
-        subject = str(letter["subject"])
-        if subject_prefix and not subject.startswith(subject_prefix):
+        # a keyed signal goes back to the subject it was published to: the server partitions
+        # it again (by today's TIPML_SIGNAL_PARTITIONS)
+        stored = str(letter["subject"])
+        subject = published_subject(stored)
+        if subject_prefix and not (
+            stored.startswith(subject_prefix) or subject.startswith(subject_prefix)
+        ):
             continue
         await bus.js.publish(
             subject, original_payload(letter), headers={"Nats-Msg-Id": f"replay:{DLQ}:{seq}"}

@@ -6,7 +6,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tipml.domain.events import FeedbackEvent, SignalEvent, parse_feedback, parse_signal
+from tipml.domain.events import (
+    UNKEYED_ROOT,
+    FeedbackEvent,
+    SignalEvent,
+    parse_feedback,
+    parse_signal,
+    partition_subject,
+)
 from tipml.domain.records import DEFAULT_HORIZON_S, kv_key
 from tipml.domain.rewards import RewardTable
 from tipml.domain.tips import empty_aggregate, fold_feedback
@@ -33,20 +40,38 @@ def observe_lag(metrics: EventMetrics, consumer: str, items: Sequence[Item[Any]]
 
 
 class SignalsHandler:
-    name = "signals-features"
-    stream = SIGNALS
-    filter_subject = "signals.>"
+    """Signals → the users' online features. ``partition=None``: the unkeyed signals
+    (``signals.<kind>``, durable ``signals-features``), which every consumer process shares;
+    a number: that partition of the keyed signals (durable ``signals-features-p<n>``), which
+    one process owns (``TIPML_CONSUMER_MEMBER``) — the only writer of its users."""
 
-    def __init__(self, store: KeyedStore[SignalEvent], metrics: EventMetrics) -> None:
+    stream = SIGNALS
+
+    def __init__(
+        self, store: KeyedStore[SignalEvent], metrics: EventMetrics, partition: int | None = None
+    ) -> None:
         self.store = store
         self.metrics = metrics
+        self.partition = partition
+        if partition is None:
+            self.name = "signals-features"
+            self.filter_subject = f"{UNKEYED_ROOT}.>"
+        else:
+            self.name = f"signals-features-p{partition}"
+            self.filter_subject = partition_subject(partition)
 
     @classmethod
     async def create(
-        cls, bus: Bus, metrics: EventMetrics, *, horizon_s: float = DEFAULT_HORIZON_S
+        cls,
+        bus: Bus,
+        metrics: EventMetrics,
+        *,
+        horizon_s: float = DEFAULT_HORIZON_S,
+        partition: int | None = None,
     ) -> SignalsHandler:
         kv = await bus.kv(USER_FEATURES_BUCKET)
-        return cls(KeyedStore(kv, empty_user_state, fold_signals, horizon_s=horizon_s), metrics)
+        store = KeyedStore(kv, empty_user_state, fold_signals, horizon_s=horizon_s)
+        return cls(store, metrics, partition)
 
     def parse(self, subject: str, data: bytes) -> tuple[str, SignalEvent]:
         event = parse_signal(subject, data)

@@ -19,6 +19,13 @@ class EventMetrics:
             ["consumer"],
             registry=r,
         )
+        self.conflicts = Counter(
+            "tipml_events_write_conflicts",
+            "Compare-and-set writes that met another writer's revision and were redone "
+            "(processes sharing users; ~0 when each owns its partitions).",
+            ["consumer"],
+            registry=r,
+        )
         self.redeliveries = Counter(
             "tipml_events_redeliveries",
             "Messages delivered more than once.",

@@ -225,11 +225,16 @@ class EventsRuntime:
         assert self.bus is not None
         out: list[Handler] = []
         if "signals" in self.consumer_names:
-            out.append(
-                await SignalsHandler.create(
-                    self.bus, self.metrics, horizon_s=self.settings.dedupe_horizon_s
+            # the unkeyed signals (shared by every process), then this process's partitions
+            for partition in (None, *self.settings.owned_partitions):
+                out.append(
+                    await SignalsHandler.create(
+                        self.bus,
+                        self.metrics,
+                        horizon_s=self.settings.dedupe_horizon_s,
+                        partition=partition,
+                    )
                 )
-            )
         if "feedback" in self.consumer_names:
             rewards = RewardTable(self.settings.rewards)
             out.append(

@@ -83,11 +83,11 @@ class ScoreRoute(JSONRoute):
                 return await generic(request)
             started = time.perf_counter()
             runtime: Runtime = request.app.state.runtime
-            content, deferred = await score_json(
-                runtime, await request.body(), request.headers.get("authorization", ""), started
+            return score_response(
+                *await score_json(
+                    runtime, await request.body(), request.headers.get("authorization", ""), started
+                )
             )
-            after = BackgroundTask(_after_response, deferred) if deferred else None
-            return Response(content, media_type="application/json", background=after)
 
         return handle
 
@@ -226,7 +226,11 @@ async def score_json(
 
 
 async def answer_score(req: ScoreRequest, runtime: Runtime, started: float) -> Response:
-    content, deferred = await score_content(req, runtime, started)
+    return score_response(*await score_content(req, runtime, started))
+
+
+def score_response(content: bytes, deferred: list[Callable[[], None]]) -> Response:
+    """The framework's answer of a ranking: the body, then the decision record's work."""
     after = BackgroundTask(_after_response, deferred) if deferred else None
     return Response(content, media_type="application/json", background=after)
 

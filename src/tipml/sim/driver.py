@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from tipml.domain.events import keyed_signal_subject
 from tipml.sim.catalog import BY_ID, CATALOG
 from tipml.sim.users import REACTION_REWARD, SimUser, make_users
 
@@ -118,7 +119,7 @@ class Driver:
         for kind in kinds:
             eid = str(uuid.uuid4())
             await self.events(
-                f"signals.{kind}",
+                keyed_signal_subject(user_id, kind),  # the user's partition (ADR 0019)
                 {
                     "event_id": eid,
                     "user_id": user_id,

@@ -1,0 +1,176 @@
+"""Keyed signals and partitioned ownership of users (ADR 0019), against a real nats-server:
+the stream stores each user's keyed signals in one partition, two ``tipml consume --member``
+processes each own their partitions and write without meeting the other's revisions, a keyed
+event whose token is not its user's is dead-lettered while the stream flows on, and an event
+sent keyed and unkeyed counts once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import orjson
+from nats.aio.client import Client as NATS
+from prometheus_client import CollectorRegistry
+
+from tests.events.helpers import (
+    consumer_process,
+    events_settings,
+    eventually,
+    publish,
+    signal,
+    user_total,
+)
+from tipml.domain.events import keyed_signal_subject, signal_subject
+from tipml.events.bus import SIGNALS, EmbeddedNats, provision
+from tipml.events.dlq import dead_letters
+from tipml.events.runtime import EventsRuntime
+
+
+def keyed(user: str, kind: str = "task.completed") -> tuple[str, bytes, str]:
+    _, data, eid = signal(user, kind)
+    return keyed_signal_subject(user, kind), data, eid
+
+
+async def test_the_stream_stores_each_users_keyed_signals_in_one_partition(
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path
+) -> None:
+    bus = await provision(nc, events_settings(tmp_path, nats.url, signal_partitions=4))
+    users = [f"u{i}" for i in range(40)] + ["Ann Lee", "a.b@example.com"]
+    for _ in range(3):
+        for user in users:
+            await publish(bus.js, *keyed(user))
+    await publish(bus.js, *signal("u0"))  # unkeyed: stored as published
+    partitions: dict[str, set[int]] = defaultdict(set)
+    info = await bus.js.stream_info(SIGNALS)
+    subjects = [(await bus.js.get_msg(SIGNALS, seq)).subject for seq in range(1, 1 + 127)]
+    assert info.state.messages == 127
+    assert subjects[-1] == "signals.task.completed"
+    for subject in subjects[:-1]:
+        parsed = signal_subject(subject)
+        assert subject.startswith("signals-by-partition.")
+        assert parsed.partition is not None
+        assert parsed.kind == "task.completed"
+        assert parsed.user_token is not None
+        partitions[parsed.user_token].add(parsed.partition)
+    assert all(len(p) == 1 for p in partitions.values())  # a user: always one partition
+    used = {p for ps in partitions.values() for p in ps}
+    assert used == {0, 1, 2, 3}  # 42 users spread over every partition
+
+
+async def test_two_members_own_their_users_and_never_meet_each_others_writes(
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path
+) -> None:
+    await provision(nc, events_settings(tmp_path, nats.url, signal_partitions=4))
+    js = nc.jetstream()
+    procs = [
+        consumer_process(
+            nats.url,
+            tmp_path / f"data{k}",
+            TIPML_SIGNAL_PARTITIONS="4",
+            TIPML_CONSUMER_MEMBER=f"{k}/2",
+            TIPML_STATE_INTERVAL_S="0.2",
+        )
+        for k in range(2)
+    ]
+    truth: Counter[str] = Counter()
+    users = [f"m{i}" for i in range(30)]
+    try:
+        for round_ in range(20):  # every user in every batch of both members: hot keys
+            for user in users:
+                await publish(js, *keyed(user))
+                truth[user] += 1
+            if round_ % 5 == 0:
+                await asyncio.sleep(0.2)
+
+        async def counted() -> bool:
+            return all([await user_total(js, u) == n for u, n in truth.items()])
+
+        await eventually(counted, timeout_s=60, what="every keyed signal counted once")
+
+        def states() -> dict[str, dict[str, int]]:
+            out = {}
+            for k in range(2):
+                for path in (tmp_path / f"data{k}" / "state").glob("signals-features*.json"):
+                    out[f"{k}:{path.stem}"] = json.loads(path.read_text())
+            return out
+
+        async def written() -> bool:
+            s = states()
+            return sum(v["processed"] for v in s.values()) == sum(truth.values())
+
+        await eventually(written, timeout_s=20, what="both members' state files current")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            await asyncio.to_thread(proc.wait)
+    final = states()
+    # member 0 owns partitions 0 and 2, member 1 owns 1 and 3; both share the unkeyed durable
+    assert set(final) == {
+        "0:signals-features",
+        "0:signals-features-p0",
+        "0:signals-features-p2",
+        "1:signals-features",
+        "1:signals-features-p1",
+        "1:signals-features-p3",
+    }
+    assert all(state["conflicts"] == 0 for state in final.values()), final
+    assert sum(final[f"0:signals-features-p{p}"]["processed"] for p in (0, 2)) > 0
+    assert sum(final[f"1:signals-features-p{p}"]["processed"] for p in (1, 3)) > 0
+
+
+async def test_a_keyed_signal_with_another_users_token_is_dead_lettered(
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path
+) -> None:
+    settings = events_settings(tmp_path, nats.url, signal_partitions=2)
+    events = EventsRuntime(settings, CollectorRegistry(), consumers=("signals",))
+    await events.start(wait=True)
+    try:
+        js = nc.jetstream()
+        _, data, eid = signal("victim")
+        await publish(js, "signals-by-user.mallory.task.completed", data, eid)
+        for _ in range(3):
+            await publish(js, *keyed("victim"))
+
+        async def flowed() -> bool:
+            return await user_total(js, "victim") == 3
+
+        await eventually(flowed, what="the good events after the poison one counted")
+        letters = [letter async for _, letter in dead_letters(events.bus)]  # type: ignore[arg-type]
+    finally:
+        await events.stop()
+    assert len(letters) == 1
+    assert letters[0]["error"] == "invalid_event"
+    assert "subject" in letters[0]["detail"]
+    assert "'mallory'" in letters[0]["detail"]
+    assert orjson.loads(letters[0]["payload"])["event_id"] == eid
+    assert await user_total(js, "mallory") == 0
+
+
+async def test_an_event_sent_unkeyed_and_keyed_counts_once(
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path
+) -> None:
+    settings = events_settings(tmp_path, nats.url, signal_partitions=3)
+    events = EventsRuntime(settings, CollectorRegistry(), consumers=("signals",))
+    await events.start(wait=True)
+    try:
+        js = nc.jetstream()
+        subject, data, eid = signal("twice")
+        await publish(js, subject, data, eid)
+        # a producer switching to keyed subjects re-sends its queue under new message ids
+        await publish(js, keyed_signal_subject("twice", "task.completed"), data, f"{eid}-k")
+        await publish(js, *keyed("twice"))
+
+        async def settled() -> bool:
+            done = sum(r.state.processed + r.state.duplicates for r in events.runners)
+            return done == 3
+
+        await eventually(settled, what="three deliveries handled")
+        duplicates = sum(r.state.duplicates for r in events.runners)
+    finally:
+        await events.stop()
+    assert await user_total(js, "twice") == 2
+    assert duplicates == 1
