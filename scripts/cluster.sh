@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The scale-out layout on one machine, with real processes: a 3-node NATS JetStream cluster
 # (streams and buckets with 3 replicas), two `tipml serve` replicas (consumers off, the
-# production layout) and two `tipml consume` processes sharing the consumers' work — both
-# archive, as one archiver group writing one offline log ($TIPML_CLUSTER_DIR/offline,
-# TIPML_ARCHIVE_DIR: a path every consume host mounts); the first runs the bandit learner.
+# production layout) and two `tipml consume` processes — members 0/2 and 1/2 of the keyed
+# signals' 2 partitions (ADR 0019: each the only writer of its users), sharing the unkeyed
+# signals and the feedback; both archive, as one archiver group writing one offline log
+# ($TIPML_CLUSTER_DIR/offline, TIPML_ARCHIVE_DIR: a path every consume host mounts); the
+# first runs the bandit learner.
 #
 #   bash scripts/cluster.sh                 # after bash scripts/bootstrap.sh; Ctrl-C stops it
 #   TIPML_CLUSTER_PORTS="8001 8002" TIPML_CLUSTER_DIR=.tipml/cluster TIPML_API_TOKENS=… \
@@ -46,11 +48,12 @@ done
 export TIPML_NATS_URL
 TIPML_NATS_URL=$(head -1 "$ROOT/nats.urls")
 
-TIPML_DATA_DIR="$ROOT/consume-1" "$PY" -m tipml consume --only signals,feedback,archiver,learner \
-  >"$ROOT/consume-1.log" 2>&1 &
+# keyed signals in 2 partitions, one per consume process: each the only writer of its users
+TIPML_SIGNAL_PARTITIONS=2 TIPML_DATA_DIR="$ROOT/consume-1" "$PY" -m tipml consume --member 0/2 \
+  --only signals,feedback,archiver,learner >"$ROOT/consume-1.log" 2>&1 &
 pids+=($!)
-TIPML_DATA_DIR="$ROOT/consume-2" "$PY" -m tipml consume --only signals,feedback,archiver \
-  >"$ROOT/consume-2.log" 2>&1 &
+TIPML_SIGNAL_PARTITIONS=2 TIPML_DATA_DIR="$ROOT/consume-2" "$PY" -m tipml consume --member 1/2 \
+  --only signals,feedback,archiver >"$ROOT/consume-2.log" 2>&1 &
 pids+=($!)
 for port in $PORTS; do
   TIPML_DATA_DIR="$ROOT/serve-$port" TIPML_CONSUMERS=off "$PY" -m tipml serve --port "$port" \
@@ -71,7 +74,7 @@ done
 
 echo "NATS cluster (3 nodes): $TIPML_NATS_URL"
 for port in $PORTS; do echo "tipml serve replica:     http://127.0.0.1:$port"; done
-echo "tipml consume:           2 processes (logs in $ROOT/consume-*.log)"
+echo "tipml consume:           2 processes, members 0/2 and 1/2 (logs in $ROOT/consume-*.log)"
 echo "offline log:             $TIPML_ARCHIVE_DIR (both processes archive)"
 echo "ready — Ctrl-C stops everything"
 wait "${pids[@]}"

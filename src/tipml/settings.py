@@ -173,14 +173,15 @@ class Settings(BaseSettings):
     consumers: Literal["inprocess", "off"] = Field(
         "inprocess", description="Run the JetStream consumers inside `tipml serve`."
     )
-    signal_partitions: int = Field(
-        1,
+    signal_partitions: int | None = Field(
+        None,
         ge=1,
         le=1024,
         description="Partitions of the keyed signals (`signals-by-user.<user>.<kind>`): the "
-        "server hashes the user into one of them, and a consumer process can own a share "
-        "(`tipml consume --member K/N`). Grow it freely; shrink it only once the partitions "
-        "above the new count are drained (ADR 0019).",
+        "SIGNALS stream stores each in partition hash(user) mod this, and a consumer process "
+        "can own a share (`tipml consume --member K/N`). Set: the stream is updated to it at "
+        "start; unset: the stream's count is kept (1 for a new stream). Grow it freely; shrink "
+        "it only once the partitions above the new count are drained (ADR 0019).",
     )
     consumer_member: str | None = Field(
         None,
@@ -265,20 +266,23 @@ class Settings(BaseSettings):
             k, n = (int(v) for v in self.consumer_member.split("/"))
             if not 0 <= k < n:
                 raise ValueError(f"TIPML_CONSUMER_MEMBER {self.consumer_member}: K must be 0..N-1")
-            if not self.owned_partitions:
-                raise ValueError(
-                    f"TIPML_CONSUMER_MEMBER {self.consumer_member}: owns none of the "
-                    f"{self.signal_partitions} signal partitions (TIPML_SIGNAL_PARTITIONS)"
-                )
         return self
 
-    @property
-    def owned_partitions(self) -> list[int]:
-        """The signal partitions this process consumes (``TIPML_CONSUMER_MEMBER``)."""
+    def owned_partitions(self, partitions: int) -> list[int]:
+        """Of the stream's ``partitions`` signal partitions, those this process consumes
+        (``TIPML_CONSUMER_MEMBER``; all without it). A member owning none is a ``ConfigError``:
+        it would run, healthy, and do nothing for the users it was meant to own."""
         if self.consumer_member is None:
-            return list(range(self.signal_partitions))
+            return list(range(partitions))
         k, n = (int(v) for v in self.consumer_member.split("/"))
-        return [p for p in range(self.signal_partitions) if p % n == k]
+        owned = [p for p in range(partitions) if p % n == k]
+        if not owned:
+            raise ConfigError(
+                f"TIPML_CONSUMER_MEMBER {self.consumer_member}: owns none of the stream's "
+                f"{partitions} signal partitions; raise TIPML_SIGNAL_PARTITIONS to at least {n}",
+                field="consumer_member",
+            )
+        return owned
 
     def check_serving(self) -> None:
         """What serving needs on top of valid values: refuse to start without a token."""

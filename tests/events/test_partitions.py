@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -58,6 +60,41 @@ async def test_the_stream_stores_each_users_keyed_signals_in_one_partition(
     assert all(len(p) == 1 for p in partitions.values())  # a user: always one partition
     used = {p for ps in partitions.values() for p in ps}
     assert used == {0, 1, 2, 3}  # 42 users spread over every partition
+
+
+async def test_a_process_without_the_setting_keeps_the_streams_partitions(
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path
+) -> None:
+    """Every process provisions the streams at start: one that leaves
+    TIPML_SIGNAL_PARTITIONS unset (a serve replica) must not undo a consumer's setting."""
+    first = await provision(nc, events_settings(tmp_path, nats.url))
+    assert first.signal_partitions == 1  # a new stream
+    assert await provision(nc, events_settings(tmp_path, nats.url, signal_partitions=4))
+    unset = await provision(nc, events_settings(tmp_path, nats.url))
+    assert unset.signal_partitions == 4
+    await publish(unset.js, *keyed("u7"))
+    stored = (await unset.js.get_msg(SIGNALS, 1)).subject
+    assert signal_subject(stored).partition in {0, 1, 2, 3}
+    info = await unset.js.stream_info(SIGNALS)
+    assert info.config.subject_transform is not None
+    assert "partition(4,1)" in info.config.subject_transform.dest
+    # a member that would own none of the stream's partitions is refused at start, by name
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tipml",
+        "consume",
+        "--only",
+        "signals",
+        "--member",
+        "5/6",
+        env={**os.environ, "TIPML_NATS_URL": nats.url, "TIPML_DATA_DIR": str(tmp_path / "d")},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, out
+    assert b"owns none of the stream's 4 signal partitions" in out
 
 
 async def test_two_members_own_their_users_and_never_meet_each_others_writes(

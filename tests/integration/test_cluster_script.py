@@ -86,6 +86,18 @@ def test_cluster_script_starts_the_layout_and_stops_it(tmp_path: Path) -> None:
             ]
             time.sleep(0.5)
         assert sorted(seqs) == [1, 2]
+        # each consume process owns one partition of the keyed signals (ADR 0019)
+        owned = [
+            tmp_path / "cluster" / "consume-1" / "state" / "signals-features-p0.json",
+            tmp_path / "cluster" / "consume-2" / "state" / "signals-features-p1.json",
+        ]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(p.exists() for p in owned):
+            time.sleep(0.5)
+        assert all(p.exists() for p in owned), owned
+        assert not (
+            tmp_path / "cluster" / "consume-1" / "state" / "signals-features-p1.json"
+        ).exists()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends

@@ -70,15 +70,13 @@ def test_bad_values_name_the_setting(
         load_settings()
 
 
-def test_consumer_members_split_the_signal_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TIPML_SIGNAL_PARTITIONS", "8")
-    assert load_settings().owned_partitions == list(range(8))  # no member: every partition
-    owned = [load_settings(consumer_member=f"{k}/3").owned_partitions for k in range(3)]
+def test_consumer_members_split_the_signal_partitions() -> None:
+    assert load_settings().owned_partitions(8) == list(range(8))  # no member: every partition
+    owned = [load_settings(consumer_member=f"{k}/3").owned_partitions(8) for k in range(3)]
     assert owned == [[0, 3, 6], [1, 4, 7], [2, 5]]
     with pytest.raises(ConfigError, match=r"K must be 0\.\.N-1"):
         load_settings(consumer_member="3/3")
     with pytest.raises(ConfigError, match="consumer_member"):
         load_settings(consumer_member="one of two")
-    monkeypatch.setenv("TIPML_SIGNAL_PARTITIONS", "2")
-    with pytest.raises(ConfigError, match="owns none of the 2 signal partitions"):
-        load_settings(consumer_member="2/3")
+    with pytest.raises(ConfigError, match="owns none of the stream's 2 signal partitions"):
+        load_settings(consumer_member="2/3").owned_partitions(2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -181,6 +182,7 @@ async def connect(url: str, name: str) -> NATS:
 class Bus:
     nc: NATS
     js: JetStreamContext
+    signal_partitions: int = 1  # the SIGNALS stream's, as provisioned
 
     async def kv(self, bucket: str) -> KeyValue:
         return await self.js.key_value(bucket)
@@ -207,7 +209,15 @@ def partitioning(partitions: int) -> SubjectTransform:
     )
 
 
-def stream_configs(settings: Settings) -> list[StreamConfig]:
+def partition_count(transform: SubjectTransform | None) -> int | None:
+    """The partition count of a SIGNALS stream's transform (``partitioning``), if it is one."""
+    if transform is None or transform.src != f"{KEYED_ROOT}.*.>":
+        return None
+    found = re.search(r"\{\{partition\((\d+),1\)\}\}", transform.dest or "")
+    return int(found.group(1)) if found else None
+
+
+def stream_configs(settings: Settings, partitions: int = 1) -> list[StreamConfig]:
     storage = StorageType.FILE if settings.stream_storage == "file" else StorageType.MEMORY
     out = []
     for name, subjects in STREAM_SUBJECTS.items():
@@ -215,9 +225,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             StreamConfig(
                 name=name,
                 subjects=list(subjects),
-                subject_transform=partitioning(settings.signal_partitions)
-                if name == SIGNALS
-                else None,
+                subject_transform=partitioning(partitions) if name == SIGNALS else None,
                 retention=RetentionPolicy.LIMITS,
                 discard=DiscardPolicy.OLD,
                 max_age=settings.dlq_max_age_s if name == DLQ else settings.stream_max_age_s,
@@ -232,9 +240,19 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
 
 
 async def provision(nc: NATS, settings: Settings) -> Bus:
-    """Create or update every stream and bucket; safe to run on every start."""
+    """Create or update every stream and bucket; safe to run on every start. The signal
+    partitions: ``TIPML_SIGNAL_PARTITIONS`` when set, else what the stream has (1 if new) —
+    so one process setting it does not fight the others that leave it unset."""
     js = nc.jetstream(timeout=10)
-    for config in stream_configs(settings):
+    partitions = settings.signal_partitions
+    if partitions is None:
+        try:
+            info = await js.stream_info(SIGNALS)
+        except NotFoundError:
+            partitions = 1
+        else:
+            partitions = partition_count(info.config.subject_transform) or 1
+    for config in stream_configs(settings, partitions):
         try:
             try:
                 await js.add_stream(config)
@@ -261,4 +279,4 @@ async def provision(nc: NATS, settings: Settings) -> Bus:
                 await js.create_key_value(kv_config)
             except BadRequestError:
                 await js.key_value(bucket)  # another process created it meanwhile: use it
-    return Bus(nc, js)
+    return Bus(nc, js, partitions)

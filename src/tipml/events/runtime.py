@@ -226,7 +226,8 @@ class EventsRuntime:
         out: list[Handler] = []
         if "signals" in self.consumer_names:
             # the unkeyed signals (shared by every process), then this process's partitions
-            for partition in (None, *self.settings.owned_partitions):
+            owned = self.settings.owned_partitions(self.bus.signal_partitions)
+            for partition in (None, *owned):
                 out.append(
                     await SignalsHandler.create(
                         self.bus,
