@@ -84,7 +84,8 @@ def test_demo_starts_the_service_and_drives_it(tmp_path: Path, gateway_file: Gat
     assert "dead letters: 0" in out
     published = int(re.search(r"events published: (\d+)", out).group(1))  # type: ignore[union-attr]
     assert published > 10
-    assert re.search(r"signals-features\s*│\s*lag 0, processed [1-9]", out), out
+    # the simulator publishes keyed signals: its one partition's consumer took them (ADR 0019)
+    assert re.search(r"signals-features-p0\s*│\s*lag 0, processed [1-9]", out), out
     assert re.search(r"feedback-rewards\s*│\s*lag 0, processed [1-9]", out), out
     # both packaged experiments ran and the report counted their exposures
     assert "experiments report" in out, out

@@ -92,7 +92,7 @@ def _validate(model: type[_M], payload: dict[str, Any]) -> _M:
         raise InvalidEvent(f"{where}: {err['msg']}", field=where) from exc
 
 
-# Signals come on two subjects (DESIGN.md, "Events"; ADR 0019):
+# Signals come unkeyed or keyed by their user (DESIGN.md, "Events"; ADR 0019):
 #   signals.<kind>                         no user in the subject: any consumer may take it
 #   signals-by-user.<user token>.<kind>    the publisher names the user; the SIGNALS stream
 #                                          stores it as
