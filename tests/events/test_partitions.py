@@ -27,7 +27,7 @@ from tests.events.helpers import (
 )
 from tipml.domain.events import keyed_signal_subject, signal_subject
 from tipml.events.bus import SIGNALS, EmbeddedNats, provision
-from tipml.events.dlq import dead_letters
+from tipml.events.dlq import dead_letters, replay
 from tipml.events.runtime import EventsRuntime
 
 
@@ -211,3 +211,52 @@ async def test_an_event_sent_unkeyed_and_keyed_counts_once(
         await events.stop()
     assert await user_total(js, "twice") == 2
     assert duplicates == 1
+
+
+async def test_a_replayed_keyed_dead_letter_goes_to_its_users_partition_of_today(
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path
+) -> None:
+    """A dead letter holds the subject as stored, with the partition of its day. Replayed to
+    the subject it was published to, it is partitioned by today's count — and reaches the
+    consumer that owns the user now, even after the partitions were shrunk (the old
+    partition's durable is no longer read)."""
+    js = nc.jetstream()
+    _, data, eid = signal("alice", ts="not a time")  # invalid: dead-lettered at once
+
+    async def letters() -> list[dict[str, object]]:
+        assert events.bus is not None
+        return [letter async for _, letter in dead_letters(events.bus)]
+
+    async def lettered() -> bool:
+        return len(await letters()) == 1
+
+    events = EventsRuntime(
+        events_settings(tmp_path, nats.url, signal_partitions=4),
+        CollectorRegistry(),
+        consumers=("signals",),
+    )
+    await events.start(wait=True)
+    try:
+        await publish(js, keyed_signal_subject("alice", "task.completed"), data, eid)
+        await eventually(lettered, what="the first dead letter")
+        (first,) = await letters()
+    finally:
+        await events.stop()
+    events = EventsRuntime(
+        events_settings(tmp_path, nats.url, signal_partitions=1),
+        CollectorRegistry(),
+        consumers=("signals",),
+    )
+    await events.start(wait=True)
+    try:
+        assert events.bus is not None
+        replayed = await replay(events.bus)
+        await eventually(lettered, what="the replayed event dead-lettered again")
+        (again,) = await letters()
+    finally:
+        await events.stop()
+    assert replayed[0]["subject"] == "signals-by-user.alice.task.completed"
+    assert signal_subject(str(first["subject"])).partition == 3  # alice's of 4 (NATS's hash)
+    assert first["consumer"] == "signals-features-p3"
+    assert again["subject"] == "signals-by-partition.0.alice.task.completed"
+    assert again["consumer"] == "signals-features-p0"
