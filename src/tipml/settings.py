@@ -49,6 +49,15 @@ class Settings(BaseSettings):
         description='Options of the archive_url filesystem as JSON, e.g. {"endpoint_url": '
         '"http://minio:9000"} for an S3-compatible store.',
     )
+    archive_linger_s: float = Field(
+        0.5,
+        ge=0,
+        le=30,
+        description="An archiver gathers a batch for up to this long (or until "
+        "consumer_batch messages) before writing it as one Parquet part: fewer, larger files "
+        "and less CPU per event; the archive trails the stream by up to this much. 0: write "
+        "what each pull brings.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_requests: bool = Field(True, description="One JSON access-log line per request.")
 
@@ -266,6 +275,12 @@ class Settings(BaseSettings):
             k, n = (int(v) for v in self.consumer_member.split("/"))
             if not 0 <= k < n:
                 raise ValueError(f"TIPML_CONSUMER_MEMBER {self.consumer_member}: K must be 0..N-1")
+        if self.archive_linger_s * 2 > self.consumer_ack_wait_s:
+            # a batch held past ack_wait is redelivered to another archiver while it is written
+            raise ValueError(
+                f"TIPML_ARCHIVE_LINGER_S ({self.archive_linger_s:g} s) must be at most half of "
+                f"TIPML_CONSUMER_ACK_WAIT_S ({self.consumer_ack_wait_s:g} s)"
+            )
         return self
 
     def owned_partitions(self, partitions: int) -> list[int]:

@@ -61,6 +61,16 @@ SCHEMA = pa.schema(
         ("payload", pa.string()),
     ]
 )
+# The raw event (a decision with every candidate is ~10-20 KB) is unique per row: no
+# dictionary to try and no min/max statistics to compute for it; zstd stores it in about half
+# of snappy's bytes for about the same CPU (bench: 42-46 µs a decision in parts of 500 rows,
+# against 51 µs with pyarrow's defaults).
+_LEAN = [name for name in SCHEMA.names if name != "payload"]
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": _LEAN,
+    "write_statistics": _LEAN,
+}
 _PART = re.compile(r"^part-(\d+)-(\d+)(?:-\d+)?\.parquet$")
 # "": the whole stream (the signals come on three subject roots, domain/events.py)
 _FILTERS = {SIGNALS: "", FEEDBACK: "feedback.>", DECISIONS: "ml.>"}
@@ -83,9 +93,15 @@ def _str(value: Any) -> str | None:
 
 class Archiver:
     def __init__(
-        self, stream: str, root: ArchiveLocation | Path | str, window: int = 50_000
+        self,
+        stream: str,
+        root: ArchiveLocation | Path | str,
+        window: int = 50_000,
+        *,
+        linger_s: float = 0.0,
     ) -> None:
         self.stream = stream
+        self.linger_s = linger_s  # gather a batch this long: one part per batch
         self.name = f"archive-{stream.lower()}"
         self.filter_subject = _FILTERS[stream]
         self.location = ArchiveLocation.of(root)
@@ -193,14 +209,16 @@ class Archiver:
             final = self.location.path(
                 self.folder, folder, f"part-{first:012d}-{last:012d}-{time.time_ns()}.parquet"
             )
-        self.location.write(final, table)
+        self.location.write(final, table, **PARQUET_OPTIONS)
         self._scanned[final] = last
         self._archived.update(i.seq for i in group)
 
 
-def archivers(root: ArchiveLocation | Path | str) -> list[Archiver]:
+def archivers(root: ArchiveLocation | Path | str, linger_s: float = 0.0) -> list[Archiver]:
     location = ArchiveLocation.of(root)
-    return [Archiver(stream, location) for stream in (SIGNALS, FEEDBACK, DECISIONS)]
+    return [
+        Archiver(stream, location, linger_s=linger_s) for stream in (SIGNALS, FEEDBACK, DECISIONS)
+    ]
 
 
 @dataclass
@@ -250,7 +268,7 @@ def compact(
             table = table.filter(pa.array(first_of_seq))
             first, last = int(seqs[0]), int(seqs[-1])
             target = f"{folder}/part-{first:012d}-{last:012d}.parquet"
-            location.write(target, table)
+            location.write(target, table, **PARQUET_OPTIONS)
             for path in parts:
                 if path != target:
                     location.remove(path)

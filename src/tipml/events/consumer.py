@@ -47,6 +47,7 @@ class Handler(Protocol):
     name: str  # durable consumer name
     stream: str
     filter_subject: str  # "": the whole stream
+    # optional ``linger_s: float``: gather a batch for up to that long (PullStream.next_batch)
 
     def parse(self, subject: str, data: bytes) -> tuple[str, Any]:
         """(event_id, event) or ``InvalidEvent``."""
@@ -198,7 +199,9 @@ class ConsumerRunner:
                         await pull.start()
                         self._pull = pull
                     self._pull.ahead = self.settings.consumer_prefetch and failures == 0
-                    msgs = await self._pull.next_batch(self.fetch_timeout_s)
+                    msgs = await self._pull.next_batch(
+                        self.fetch_timeout_s, getattr(self.handler, "linger_s", 0.0)
+                    )
                 except (TimeoutError, NatsTimeout):
                     self._last_fetch = time.monotonic()
                     self.state.last_fetch_at = _now_iso()

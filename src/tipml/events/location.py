@@ -126,17 +126,18 @@ class ArchiveLocation:
         with _store_errors(self, f"remove {path}"), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(path)
 
-    def write(self, path: str, table: pa.Table) -> None:
+    def write(self, path: str, table: pa.Table, **options: Any) -> None:
         """Write ``table`` as one Parquet file at ``path``, which appears whole or not at all:
-        a temporary name, fsync and rename on a filesystem; one PUT on an object store."""
+        a temporary name, fsync and rename on a filesystem; one PUT on an object store.
+        ``options``: ``pyarrow.parquet.write_table``'s (compression, encodings)."""
         if not self.local:
             with _store_errors(self, f"write {path}"), self.fs.open(path, "wb") as f:
-                pq.write_table(table, f)
+                pq.write_table(table, f, **options)
             return
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{os.getpid()}-{time.time_ns()}.tmp"
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, **options)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)

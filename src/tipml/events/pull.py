@@ -113,15 +113,19 @@ class PullStream:
         n = min(self.batch, len(self._buffer))
         return [self._buffer.popleft() for _ in range(n)]
 
-    async def next_batch(self, wait_s: float) -> list[Msg]:
+    async def next_batch(self, wait_s: float, linger_s: float = 0.0) -> list[Msg]:
         """What has arrived: 1 to ``batch`` messages in delivery order; ``TimeoutError`` when
-        nothing arrives within ``wait_s``."""
+        nothing arrives within ``wait_s``. ``linger_s``: once the first message is here, keep
+        gathering for up to that long or until ``batch`` have arrived — fewer, larger batches
+        for a handler whose cost is per batch (the archiver: a Parquet part each)."""
         deadline = time.monotonic() + wait_s
         queue: asyncio.Queue[Msg] = self._sub._pending_queue
         while True:
             self._drain()
             await self._request()
             if self._buffer:
+                if linger_s > 0:
+                    await self._linger(queue, time.monotonic() + linger_s)
                 return self._hand_out()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -133,6 +137,20 @@ class PullStream:
             except TimeoutError:
                 continue
             self._take(msg)
+
+    async def _linger(self, queue: asyncio.Queue[Msg], until: float) -> None:
+        while len(self._buffer) < self.batch:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return
+            await self._request()
+            wait = min(remaining, max(self._expires_at + 0.5 - time.monotonic(), 0.01))
+            try:
+                msg = await asyncio.wait_for(queue.get(), wait)
+            except TimeoutError:
+                continue
+            self._take(msg)
+            self._drain()
 
     def held(self) -> list[Msg]:
         """Messages received and not handed out yet (a status error met on the way is left

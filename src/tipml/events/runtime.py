@@ -244,7 +244,7 @@ class EventsRuntime:
                 )
             )
         if "archiver" in self.consumer_names:
-            out.extend(archivers(self.settings.archive))
+            out.extend(archivers(self.settings.archive, self.settings.archive_linger_s))
         for name in self.consumer_names:
             if name in self.factories:
                 out.append(await self.factories[name](self.bus, self.metrics))
