@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,9 @@ class Recorder:
         self.busy = False
         self.overlapped = False
 
-    def parse(self, subject: str, data: bytes) -> tuple[str, Any]:
+    def parse(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> tuple[str, Any]:
         return orjson.loads(data)["event_id"], {}
 
     async def handle(self, items: Sequence[Item[Any]]) -> WriteResult:
@@ -126,7 +128,9 @@ class Clock(Recorder):
         super().__init__(name, delay_s=0.0)
         self.waits: list[float] = []
 
-    def parse(self, subject: str, data: bytes) -> tuple[str, Any]:
+    def parse(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> tuple[str, Any]:
         body = orjson.loads(data)
         return body["event_id"], body["sent"]
 

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,8 +49,10 @@ class Handler(Protocol):
     filter_subject: str  # "": the whole stream
     # optional ``linger_s: float``: gather a batch for up to that long (PullStream.next_batch)
 
-    def parse(self, subject: str, data: bytes) -> tuple[str, Any]:
-        """(event_id, event) or ``InvalidEvent``."""
+    def parse(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> tuple[str, Any]:
+        """(event_id, event) or ``InvalidEvent``; ``headers``: the message's NATS headers."""
         ...
 
     async def handle(self, items: Sequence[Item[Any]]) -> WriteResult: ...
@@ -249,7 +251,7 @@ class ConsumerRunner:
                     )
                     continue
             try:
-                event_id, event = self.handler.parse(msg.subject, msg.data)
+                event_id, event = self.handler.parse(msg.subject, msg.data, msg.headers)
             except InvalidEvent as exc:
                 await self._dead_letter(msg, exc.code, exc.detail)
                 continue

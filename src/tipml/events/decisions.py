@@ -36,7 +36,11 @@ from tipml.events.metrics import EventMetrics
 
 log = logging.getLogger("tipml.decisions")
 
-Record = tuple[str, str, bytes]  # subject, decision id, payload
+Record = tuple[str, str, bytes, dict[str, str]]  # subject, decision id, payload, headers
+# Published with each decision beside ``Nats-Msg-Id``: its time and user, so the archiver
+# files a decision without parsing its ~20 KB body (absent when not a safe header value)
+TS_HEADER = "Tipml-Ts"
+USER_HEADER = "Tipml-User-Id"
 _names = itertools.count()
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -48,6 +52,23 @@ def decision_subject(kind: str, decision_id: str) -> str:
     if _TOKEN.match(decision_id):
         return f"ml.decisions.{kind}.{decision_id}"
     return f"ml.decisions.{kind}"
+
+
+def _header_value(value: object) -> str | None:
+    if isinstance(value, str) and 0 < len(value) <= 256 and value.isascii() and value.isprintable():
+        return value
+    return None
+
+
+def decision_headers(decision_id: str, payload: dict[str, Any]) -> dict[str, str]:
+    """``Nats-Msg-Id`` (the stream's de-duplication) and, when they are safe header values,
+    the decision's ``ts`` and ``user_id`` (``TS_HEADER``, ``USER_HEADER``)."""
+    headers = {"Nats-Msg-Id": decision_id}
+    for name, key in ((TS_HEADER, "ts"), (USER_HEADER, "user_id")):
+        value = _header_value(payload.get(key))
+        if value is not None:
+            headers[name] = value
+    return headers
 
 
 async def lookup_decision(
@@ -111,6 +132,7 @@ class DecisionLog:
                 decision_subject(kind, decision_id),
                 decision_id,
                 orjson.dumps(payload, default=str),
+                decision_headers(decision_id, payload),
             )
         except (TypeError, orjson.JSONEncodeError) as exc:
             self._drop(1, f"not serialisable: {exc}")
@@ -143,8 +165,8 @@ class DecisionLog:
     @staticmethod
     def _lines(items: list[Record]) -> bytes:
         return b"".join(
-            orjson.dumps({"subject": s, "id": i, "payload": p.decode()}) + b"\n"
-            for s, i, p in items
+            orjson.dumps({"subject": s, "id": i, "payload": p.decode(), "headers": h}) + b"\n"
+            for s, i, p, h in items
         )
 
     def _write_atomically(self, path: Path, data: bytes) -> None:
@@ -174,8 +196,9 @@ class DecisionLog:
                 continue
             try:
                 row = orjson.loads(line)
-                out.append((row["subject"], row["id"], row["payload"].encode()))
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                headers = row.get("headers") or {"Nats-Msg-Id": row["id"]}  # older spill files
+                out.append((row["subject"], row["id"], row["payload"].encode(), dict(headers)))
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
                 self.corrupt += 1
                 self.metrics.decisions_corrupt.inc()
                 log.error("unreadable spill line skipped", extra={"file": path.name})
@@ -206,14 +229,9 @@ class DecisionLog:
         """Publish and wait for the acks; returns the items that were not acknowledged."""
 
         async def one(item: Record) -> bool:
-            subject, decision_id, payload = item
+            subject, _, payload, headers = item
             try:
-                await js.publish(
-                    subject,
-                    payload,
-                    timeout=self.publish_timeout_s,
-                    headers={"Nats-Msg-Id": decision_id},
-                )
+                await js.publish(subject, payload, timeout=self.publish_timeout_s, headers=headers)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 return False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tipml.domain.events import (
@@ -73,7 +73,9 @@ class SignalsHandler:
         store = KeyedStore(kv, empty_user_state, fold_signals, horizon_s=horizon_s)
         return cls(store, metrics, partition)
 
-    def parse(self, subject: str, data: bytes) -> tuple[str, SignalEvent]:
+    def parse(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> tuple[str, SignalEvent]:
         event = parse_signal(subject, data)
         return event.event_id, event
 
@@ -130,7 +132,9 @@ class FeedbackHandler:
         )
         return cls(tips, prompts, rewards, metrics)
 
-    def parse(self, subject: str, data: bytes) -> tuple[str, FeedbackEvent]:
+    def parse(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> tuple[str, FeedbackEvent]:
         event = parse_feedback(subject, data)
         self.rewards.reward(event.reaction)  # an unknown reaction is invalid: dead-letter it
         return event.event_id, event

@@ -39,6 +39,9 @@ NO_MESSAGES = "404"
 ENDED = ("408", "409")  # the request ended: expired, or the server ended it (leadership …)
 
 
+_LINGER_TICK_S = 0.05
+
+
 class PullStream:
     def __init__(
         self,
@@ -125,7 +128,7 @@ class PullStream:
             await self._request()
             if self._buffer:
                 if linger_s > 0:
-                    await self._linger(queue, time.monotonic() + linger_s)
+                    await self._linger(time.monotonic() + linger_s)
                 return self._hand_out()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -138,19 +141,16 @@ class PullStream:
                 continue
             self._take(msg)
 
-    async def _linger(self, queue: asyncio.Queue[Msg], until: float) -> None:
+    async def _linger(self, until: float) -> None:
+        """Gather until ``until`` or a full batch: wake every few tens of milliseconds and
+        take what arrived in bulk (a wake-up per message would cost a task and a timer each)."""
         while len(self._buffer) < self.batch:
             remaining = until - time.monotonic()
             if remaining <= 0:
                 return
-            await self._request()
-            wait = min(remaining, max(self._expires_at + 0.5 - time.monotonic(), 0.01))
-            try:
-                msg = await asyncio.wait_for(queue.get(), wait)
-            except TimeoutError:
-                continue
-            self._take(msg)
+            await asyncio.sleep(min(remaining, _LINGER_TICK_S))
             self._drain()
+            await self._request()
 
     def held(self) -> list[Msg]:
         """Messages received and not handed out yet (a status error met on the way is left

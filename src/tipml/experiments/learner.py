@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +107,9 @@ class Learner:
 
         return cls(stores, lookup, config, rewards, metrics, grace_s=grace_s)
 
-    def parse(self, subject: str, data: bytes) -> tuple[str, FeedbackEvent]:
+    def parse(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> tuple[str, FeedbackEvent]:
         event = parse_feedback(subject, data)
         self.rewards.reward(event.reaction)  # an unknown reaction is invalid: dead-letter it
         return event.event_id, event
