@@ -104,6 +104,47 @@ def register_model(data_dir: Path) -> tuple[str, list[str], Path]:
     return version, list(model.feature_names), model_file
 
 
+@dataclass
+class Prepared:
+    """What every system of a run is served and sent: the registered model, the bodies, the
+    token and the environment of a registry-backed ``tipml serve``."""
+
+    version: str
+    names: list[str]
+    model_file: Path
+    token: str
+    auth: tuple[str, ...]
+    score_file: Path  # tipml's /score body
+    rows_file: Path  # the naive service's body: the same 100 rows
+    mlflow_file: Path  # mlflow's: the same rows as a dataframe_split
+    env: dict[str, str]
+
+
+def prepare(data_dir: Path) -> Prepared:
+    (data_dir / "gateway.yaml").write_text(STUB_GATEWAY)
+    version, names, model_file = register_model(data_dir)
+    token = secrets.token_urlsafe(24)
+    score_file = data_dir / "score.json"
+    score_file.write_text(json.dumps(score_body(0)))
+    rows = rows_for_peer(names)
+    mlflow_file = data_dir / "mlflow.json"
+    mlflow_file.write_bytes(rows[0])
+    rows_file = data_dir / "rows.json"
+    rows_file.write_text(json.dumps({"rows": json.loads(rows[0])["dataframe_split"]["data"]}))
+    env = {
+        # one registry for all; each service its own data dir (its own embedded NATS)
+        "TIPML_MLFLOW_URI": f"sqlite:///{data_dir / 'mlflow.db'}",
+        "TIPML_SCORER": "registry",
+        "TIPML_REGISTRY_REQUIRE_MODEL": "1",
+        "TIPML_GATEWAY_CONFIG": str(data_dir / "gateway.yaml"),
+        "TIPML_LOCAL_LLM": "off",
+    }
+    auth = (f"Authorization: Bearer {token}",)
+    return Prepared(
+        version, names, model_file, token, auth, score_file, rows_file, mlflow_file, env
+    )
+
+
 def rows_for_peer(names: list[str]) -> list[bytes]:
     from tipml.features.profile_schema import validate_profile
     from tipml.features.tip_features import FEATURE_NAMES, Candidate, feature_matrix
@@ -307,25 +348,10 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
-        (data_dir / "gateway.yaml").write_text(STUB_GATEWAY)
-        version, names, model_file = register_model(data_dir)
-        token = secrets.token_urlsafe(24)
-        auth = (f"Authorization: Bearer {token}",)
-        score_file = data_dir / "score.json"
-        score_file.write_text(json.dumps(score_body(0)))
-        rows = rows_for_peer(names)
-        (data_dir / "mlflow.json").write_bytes(rows[0])
-        (data_dir / "rows.json").write_text(
-            json.dumps({"rows": json.loads(rows[0])["dataframe_split"]["data"]})
-        )
-        base = {
-            # one registry for all; each service its own data dir (its own embedded NATS)
-            "TIPML_MLFLOW_URI": f"sqlite:///{data_dir / 'mlflow.db'}",
-            "TIPML_SCORER": "registry",
-            "TIPML_REGISTRY_REQUIRE_MODEL": "1",
-            "TIPML_GATEWAY_CONFIG": str(data_dir / "gateway.yaml"),
-            "TIPML_LOCAL_LLM": "off",
-        }
+        run = prepare(data_dir)
+        version, model_file, token, auth = run.version, run.model_file, run.token, run.auth
+        score_file = run.score_file
+        base = dict(run.env)
         try:
             ports = {name: free_port() for name in ("tipml", "shadow", "redis", "naive", "mlflow")}
             base["TIPML_DATA_DIR"] = str(data_dir / "svc-tipml")
@@ -334,11 +360,9 @@ def main() -> None:
             procs.append(start_peer(ports["mlflow"], data_dir, version))
             targets = {
                 "tipml": Target(f"http://127.0.0.1:{ports['tipml']}/score", score_file, auth),
-                "naive": Target(
-                    f"http://127.0.0.1:{ports['naive']}/predict", data_dir / "rows.json"
-                ),
+                "naive": Target(f"http://127.0.0.1:{ports['naive']}/predict", run.rows_file),
                 "mlflow": Target(
-                    f"http://127.0.0.1:{ports['mlflow']}/invocations", data_dir / "mlflow.json"
+                    f"http://127.0.0.1:{ports['mlflow']}/invocations", run.mlflow_file
                 ),
                 "floor_noop": Target(f"http://127.0.0.1:{ports['naive']}/noop", score_file),
                 "floor_healthz": Target(f"http://127.0.0.1:{ports['tipml']}/healthz"),
@@ -369,9 +393,7 @@ def main() -> None:
                     ),
                     (
                         "naive_workers",
-                        Target(
-                            f"http://127.0.0.1:{ports['naive_w']}/predict", data_dir / "rows.json"
-                        ),
+                        Target(f"http://127.0.0.1:{ports['naive_w']}/predict", run.rows_file),
                     ),
                 ):
                     if args.warmup:

@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 import json
 import os
-import secrets
 import subprocess
 import tempfile
 import time
@@ -40,13 +39,11 @@ from rich.table import Table
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from bench.bench_model_serving import (
-    STUB_GATEWAY,
     Target,
-    register_model,
-    rows_for_peer,
+    prepare,
     start_naive,
 )
-from bench.bench_serving import score_body, start_service
+from bench.bench_serving import start_service
 from bench.common import machine
 from tipml.testing.stub_llm import free_port
 
@@ -145,24 +142,8 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
-        (data_dir / "gateway.yaml").write_text(STUB_GATEWAY)
-        _, names, model_file = register_model(data_dir)
-        token = secrets.token_urlsafe(24)
-        auth = (f"Authorization: Bearer {token}",)
-        score_file = data_dir / "score.json"
-        score_file.write_text(json.dumps(score_body(0)))
-        (data_dir / "rows.json").write_text(
-            json.dumps({"rows": json.loads(rows_for_peer(names)[0])["dataframe_split"]["data"]})
-        )
-        base = {
-            "TIPML_MLFLOW_URI": f"sqlite:///{data_dir / 'mlflow.db'}",
-            "TIPML_SCORER": "registry",
-            "TIPML_REGISTRY_REQUIRE_MODEL": "1",
-            "TIPML_GATEWAY_CONFIG": str(data_dir / "gateway.yaml"),
-            "TIPML_LOCAL_LLM": "off",
-            "TIPML_SHADOW": "0",
-            "TIPML_WORKERS": str(args.workers),
-        }
+        run = prepare(data_dir)
+        base = {**run.env, "TIPML_SHADOW": "0", "TIPML_WORKERS": str(args.workers)}
         systems: dict[str, tuple[Target, subprocess.Popen[bytes]]] = {}
         try:
             for variant in variants:
@@ -170,15 +151,15 @@ def main() -> None:
                 env = {**base, "TIPML_DATA_DIR": str(data_dir / f"svc-{variant}")}
                 if variant == "consumers-off":
                     env["TIPML_CONSUMERS"] = "off"
-                proc = start_service(port, token, env)
+                proc = start_service(port, run.token, env)
                 procs.append(proc)
-                target = Target(f"http://127.0.0.1:{port}/score", score_file, auth)
+                target = Target(f"http://127.0.0.1:{port}/score", run.score_file, run.auth)
                 systems[f"tipml {variant}"] = (target, proc)
             port = free_port()
-            proc = start_naive(port, model_file, data_dir, workers=args.workers)
+            proc = start_naive(port, run.model_file, data_dir, workers=args.workers)
             procs.append(proc)
             systems["naive"] = (
-                Target(f"http://127.0.0.1:{port}/predict", data_dir / "rows.json"),
+                Target(f"http://127.0.0.1:{port}/predict", run.rows_file),
                 proc,
             )
             for target, _ in systems.values():
