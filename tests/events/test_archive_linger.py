@@ -134,3 +134,15 @@ def test_a_linger_must_end_well_inside_ack_wait(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="TIPML_ARCHIVE_LINGER_S"):
         Settings(data_dir=tmp_path, archive_linger_s=20, consumer_ack_wait_s=30)
     assert Settings(data_dir=tmp_path, archive_linger_s=5, consumer_ack_wait_s=30)
+
+
+def test_unset_the_archiver_lingers_in_consume_processes_only(tmp_path: Path) -> None:
+    """Beside ``/score`` a lingered batch's write is a burst the requests feel (ADR 0020), so
+    unset it is 0 there; a consume process lingers 0.5 s (within half of ``ack_wait``)."""
+    unset = Settings(data_dir=tmp_path)
+    assert unset.archive_linger(beside_requests=True) == 0.0
+    assert unset.archive_linger(beside_requests=False) == 0.5
+    short = Settings(data_dir=tmp_path, consumer_ack_wait_s=0.6)
+    assert short.archive_linger(beside_requests=False) == 0.3
+    chosen = Settings(data_dir=tmp_path, archive_linger_s=2)
+    assert chosen.archive_linger(beside_requests=True) == 2.0

@@ -244,7 +244,9 @@ class EventsRuntime:
                 )
             )
         if "archiver" in self.consumer_names:
-            out.extend(archivers(self.settings.archive, self.settings.archive_linger_s))
+            # beside /score (the process logs decisions) the archiver does not linger
+            linger = self.settings.archive_linger(beside_requests=self.decisions is not None)
+            out.extend(archivers(self.settings.archive, linger))
         for name in self.consumer_names:
             if name in self.factories:
                 out.append(await self.factories[name](self.bus, self.metrics))
