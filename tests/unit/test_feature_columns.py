@@ -1,5 +1,6 @@
-"""The candidate columns are set row by row from a dict lookup (fast at 100 candidates): they
-must equal what the object-array version computed — the reference below, kept as it was —
+"""The candidate columns are gathered from one table row per distinct (category, source, tag
+count, favourite) (fast at 100 candidates): they must equal what the object-array version
+computed — the reference below, kept as it was —
 for any mix of known, unlisted, empty and missing categories and favourites, on both the
 serving path (``feature_matrix``) and the training path (``feature_rows``)."""
 

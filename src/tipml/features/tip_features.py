@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -197,38 +198,58 @@ def _user_columns(
     return out
 
 
+# the columns a candidate's own attributes set (its category, source and tag count, and the
+# user's favourite category): one small table row per distinct combination, copied to every
+# candidate that has it
+_STATIC = (_IS_GENERATED, _N_TAGS, *range(_CATEGORY_FIRST, _CATEGORY_END), _CATEGORY_MATCH)
+_STATIC_CATEGORY = {c: 2 + col - _CATEGORY_FIRST for c, col in _CATEGORY_COLUMN.items()}
+_STATIC_CATEGORY_END = 2 + len(CATEGORIES)
+
+
+def _static_rows(
+    candidates: Sequence[Candidate], favorites: Iterable[str]
+) -> npt.NDArray[np.float64]:
+    """The ``_STATIC`` columns of every candidate (``favorites``: each row's favourite
+    category, "" when unknown). Candidates share few combinations of category, source, tag
+    count and favourite, so each combination's row is built once and the rows are gathered
+    by index: one pass over the candidates, no per-column Python loop (the per-row loop was
+    ≈ 80 µs of a 100-candidate request's feature time, the gather ≈ 25 µs).
+
+    A known category: 0 in every category column, then 1 in its own (an unlisted one: all
+    0); no category: the category and match columns stay NaN, as does the match without a
+    favourite."""
+    index: dict[tuple[str | None, str, int, str], int] = {}
+    codes = [
+        index.setdefault((category, source, len(tags), favorite), len(index))
+        # favorites may be endless (one favourite repeated for every candidate)
+        for (_, category, tags, source), favorite in zip(candidates, favorites, strict=False)
+    ]
+    table = np.full((len(index), len(_STATIC)), np.nan)
+    for (category, source, n_tags, favorite), i in index.items():
+        row = table[i]
+        row[0] = source == "generated"
+        row[1] = n_tags
+        if category:
+            row[2:_STATIC_CATEGORY_END] = 0.0
+            col = _STATIC_CATEGORY.get(category)
+            if col is not None:
+                row[col] = 1.0
+            if favorite:
+                row[-1] = category == favorite
+    return table[np.fromiter(codes, np.intp, len(codes))]
+
+
 def _candidate_columns(
     x: npt.NDArray[np.float64],
     candidates: Sequence[Candidate],
     impressions: npt.NDArray[np.float64],
     reward: npt.NDArray[np.float64],
-    favorites: npt.NDArray[np.object_],
+    favorites: Iterable[str],
 ) -> None:
-    """The candidate-level columns. ``favorites``: each row's favourite category ("" when
-    unknown). The category one-hot is set per row from a dict lookup (one pass over the
-    candidates), not by comparing an object array once per category: that was ≈ 40 % of a
-    100-candidate request's feature time."""
+    """The candidate-level columns of ``x``: the tip aggregates', then ``_static_rows``."""
     x[:, _RATE] = smoothed_rate(reward, impressions)
     x[:, _LOG_IMPRESSIONS] = np.log1p(impressions)
-    x[:, _IS_GENERATED] = [c.source == "generated" for c in candidates]
-    x[:, _N_TAGS] = [len(c.tags) for c in candidates]
-    known = [i for i, c in enumerate(candidates) if c.category]
-    if not known:
-        return
-    # a known category: 0 in every category column, then 1 in its own (an unlisted one: all 0)
-    x[known, _CATEGORY_FIRST:_CATEGORY_END] = 0.0
-    hits = [
-        (i, col)
-        for i in known
-        if (col := _CATEGORY_COLUMN.get(candidates[i].category or "")) is not None
-    ]
-    if hits:
-        rows, cols = zip(*hits, strict=True)
-        x[list(rows), list(cols)] = 1.0
-    favorite = favorites.tolist()
-    both = [i for i in known if favorite[i]]
-    if both:
-        x[both, _CATEGORY_MATCH] = [candidates[i].category == favorite[i] for i in both]
+    x[:, _STATIC] = _static_rows(candidates, favorites)
 
 
 def feature_matrix(
@@ -241,17 +262,17 @@ def feature_matrix(
     """One request's matrix: rows = its candidates in request order. ``online``: the
     ``online_columns`` of the user as of the request."""
     n = len(candidates)
-    x = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float64)
+    user = np.full(len(FEATURE_NAMES), np.nan, dtype=np.float64)
     for col, value in _user_columns(profile, local_hour, online).items():
-        x[:, col] = value
+        user[col] = value
+    x = np.tile(user, (n, 1))
     tips = [stats.get(c.tip_id, NO_STATS) for c in candidates]
-    favorite = profile.get_str("favorite_category") or ""
     _candidate_columns(
         x,
         candidates,
-        np.array([t.impressions for t in tips], dtype=np.float64),
-        np.array([t.reward_sum for t in tips], dtype=np.float64),
-        np.full(n, favorite, dtype=object),
+        np.fromiter([t.impressions for t in tips], np.float64, n),
+        np.fromiter([t.reward_sum for t in tips], np.float64, n),
+        itertools.repeat(profile.get_str("favorite_category") or ""),
     )
     return x
 
@@ -278,7 +299,7 @@ def feature_rows(
             cols = cache[key] = _user_columns(profile, hour, online)
         for col, value in cols.items():
             x[i, col] = value
-    favorites = np.array([p.get_str("favorite_category") or "" for p in profiles], dtype=object)
+    favorites = [p.get_str("favorite_category") or "" for p in profiles]
     _candidate_columns(
         x,
         candidates,

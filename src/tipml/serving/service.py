@@ -161,13 +161,22 @@ class ScoreService:
                 f"candidates: {len(req.candidates)} given, at most {limit} allowed",
                 field="candidates",
             )
+        # tuple.__new__ straight: the named tuple's own __new__ is a Python function, ≈ 40 %
+        # of building 100 candidates
+        new = tuple.__new__
         out = [
-            Candidate(
-                c["tip_id"], c.get("category"), tuple(c.get("tags", ())), c.get("source", "curated")
+            new(
+                Candidate,
+                (
+                    c["tip_id"],
+                    c.get("category"),
+                    tuple(c.get("tags", ())),
+                    c.get("source", "curated"),
+                ),
             )
             for c in req.candidates
         ]
-        if len({c.tip_id for c in out}) < len(out):  # the slow way only to name the duplicate
+        if len({c[0] for c in out}) < len(out):  # the slow way only to name the duplicate
             seen: dict[str, int] = {}
             for i, c in enumerate(out):
                 if c.tip_id in seen:
