@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import AUTH, make_settings
+from tipml.domain.decisions import CANDIDATE_FIELDS, decode_decision
 from tipml.serving.app import create_app
 
 
@@ -319,7 +321,9 @@ def test_candidate_defaults_reach_the_decision_log(client: TestClient) -> None:
         "/score", json={"user_id": "u-d", "candidates": [{"tip_id": "a"}, full]}, headers=AUTH
     )
     assert resp.status_code == 200
-    (decision,) = logged
+    (logged_decision,) = logged
+    assert list(logged_decision["candidates"]) == list(CANDIDATE_FIELDS)  # logged as columns
+    decision = decode_decision(orjson.dumps(logged_decision))  # as every reader reads it
     got = {c["tip_id"]: (c["category"], c["tags"], c["source"]) for c in decision["candidates"]}
     assert got == {"a": (None, [], "curated"), "b": ("sleep", ["evening"], "generated")}
     # a candidate that is not an object is refused by name

@@ -27,6 +27,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from tests.conftest import AUTH, GatewayFile, make_settings, wait_gateway
+from tipml.domain.decisions import decode_decision
 from tipml.domain.records import decode_state, kv_key
 from tipml.domain.rewards import RewardTable
 from tipml.events.bus import DECISIONS, POLICIES_BUCKET, EmbeddedNats, connect
@@ -86,7 +87,7 @@ async def _decisions(url: str) -> dict[str, dict[str, Any]]:
     out = {}
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await js.get_msg(DECISIONS, seq)
-        body = orjson.loads(msg.data or b"{}")
+        body = decode_decision(msg.data or b"{}")
         assert msg.subject == f"ml.decisions.{body['kind']}.{body['decision_id']}"
         out[body["decision_id"]] = body
     await nc.close()

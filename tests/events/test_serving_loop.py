@@ -11,6 +11,7 @@ import orjson
 from fastapi.testclient import TestClient
 
 from tests.conftest import AUTH, GatewayFile, make_settings, wait_gateway
+from tipml.domain.decisions import decode_decision
 from tipml.events.bus import DECISIONS, EmbeddedNats, connect
 from tipml.serving.app import create_app
 
@@ -80,7 +81,7 @@ def test_decisions_are_logged_and_feedback_reaches_the_scorer(
         js = nc.jetstream()
         info = await js.stream_info(DECISIONS)
         out = [
-            orjson.loads((await js.get_msg(DECISIONS, s)).data or b"")
+            decode_decision((await js.get_msg(DECISIONS, s)).data or b"")
             for s in range(info.state.first_seq, info.state.last_seq + 1)
         ]
         await nc.close()

@@ -31,6 +31,7 @@ import orjson
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from tipml.domain.decisions import decode_decision
 from tipml.events.bus import DECISIONS
 from tipml.events.metrics import EventMetrics
 
@@ -86,8 +87,8 @@ async def lookup_decision(
         if not msg.data:
             continue
         try:
-            payload = orjson.loads(msg.data)
-        except orjson.JSONDecodeError:
+            payload = decode_decision(msg.data)
+        except ValueError:  # not JSON, or candidate columns that do not line up
             return None
         return payload if isinstance(payload, dict) else None
     return None

@@ -19,8 +19,8 @@ from typing import Any
 
 import duckdb
 import numpy as np
-import orjson
 
+from tipml.domain.decisions import decode_decision
 from tipml.domain.rewards import RewardTable
 from tipml.events.location import ArchiveLocation
 from tipml.experiments.ope import LoggedData, OPEError
@@ -105,7 +105,7 @@ def exposures(
     ).fetchall():
         if decision_id in out:
             continue  # re-published outside the duplicate window
-        out[decision_id] = Exposure(decision_id, row_kind, user_id, orjson.loads(payload))
+        out[decision_id] = Exposure(decision_id, row_kind, user_id, decode_decision(payload))
     feedback = _parquet(offline_root, "feedback")
     if feedback is None or not out:
         for e in out.values():

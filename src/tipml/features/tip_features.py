@@ -261,12 +261,24 @@ def feature_matrix(
 ) -> npt.NDArray[np.float64]:
     """One request's matrix: rows = its candidates in request order. ``online``: the
     ``online_columns`` of the user as of the request."""
+    tips = [stats.get(c[0], NO_STATS) for c in candidates]
+    return candidates_matrix(candidates, profile, local_hour, tips, online)
+
+
+def candidates_matrix(
+    candidates: Sequence[Candidate],
+    profile: ValidatedProfile,
+    local_hour: int,
+    tips: Sequence[TipStats],
+    online: Mapping[str, float] | None = None,
+) -> npt.NDArray[np.float64]:
+    """``feature_matrix`` with each candidate's tip aggregates already looked up (``tips[i]``
+    for ``candidates[i]``): ``/score`` looks them up once, for the matrix and its record."""
     n = len(candidates)
     user = np.full(len(FEATURE_NAMES), np.nan, dtype=np.float64)
     for col, value in _user_columns(profile, local_hour, online).items():
         user[col] = value
     x = np.tile(user, (n, 1))
-    tips = [stats.get(c.tip_id, NO_STATS) for c in candidates]
     _candidate_columns(
         x,
         candidates,

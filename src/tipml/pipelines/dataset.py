@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from tipml.domain.decisions import decode_decision
 from tipml.domain.rewards import RewardTable
 from tipml.errors import TipmlError
 from tipml.events.location import ArchiveLocation
@@ -115,7 +116,7 @@ class TrainingSet:
             "AND decision_id IN (SELECT id FROM wanted) ORDER BY stream_seq",
             [path],
         ).fetchall():
-            found.setdefault(decision_id, orjson.loads(payload))
+            found.setdefault(decision_id, decode_decision(payload))
         return [found[i] for i in decision_ids if i in found]
 
     @property
@@ -182,7 +183,7 @@ def _decisions(con: duckdb.DuckDBPyConnection, path: list[str]) -> Iterator[dict
             if decision_id in seen:
                 continue  # re-published outside the duplicate window
             seen.add(decision_id)
-            yield orjson.loads(payload)
+            yield decode_decision(payload)
 
 
 def _reactions(

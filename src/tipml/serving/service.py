@@ -31,8 +31,8 @@ from tipml.features.tip_features import (
     COLUMN,
     FEATURE_SET,
     Candidate,
+    candidates_matrix,
     feature_hash,
-    feature_matrix,
     online_columns,
 )
 from tipml.serving import guard
@@ -205,7 +205,8 @@ class ScoreService:
         hour = local_time(ts, profile).hour
         snapshot = self.tip_stats.snapshot()
         seen = online_columns(online, time.time())
-        x = feature_matrix(candidates, profile, hour, snapshot, seen)
+        tips = [snapshot.get(c[0], NO_STATS) for c in candidates]
+        x = candidates_matrix(candidates, profile, hour, tips, seen)
         mark = time.perf_counter()
         stage["features"].observe(mark - started)
         scorer, shadow = self.scorer, self.shadow  # one of each per request, even mid-swap
@@ -251,7 +252,6 @@ class ScoreService:
 
         def record() -> None:
             began = time.perf_counter()
-            tips = [snapshot.get(c.tip_id, NO_STATS) for c in candidates]
             shadow_log = None
             if shadow is not None:
                 try:
@@ -285,24 +285,20 @@ class ScoreService:
                     "user_online": seen,
                     # the shadow model's scores of the same matrix, in candidate order
                     "shadow": shadow_log,
-                    # every candidate, not only the top k: off-policy evaluation needs them all
-                    "candidates": [
-                        {
-                            "tip_id": tip_id,
-                            "category": category,
-                            "source": source,
-                            "tags": list(tags),
-                            # the tip aggregates as serving saw them (point in time)
-                            "tip_impressions": tip.impressions,
-                            "tip_reward_sum": tip.reward_sum,
-                            "score": score,
-                            "propensity": propensity,
-                            "rank": rank,
-                        }
-                        for (tip_id, category, tags, source), tip, score, propensity, rank in zip(
-                            candidates, tips, score_list, propensities, ranks, strict=True
-                        )
-                    ],
+                    # every candidate, not only the top k: off-policy evaluation needs them all;
+                    # as columns, in candidate order (domain.decisions; ADR 0022). The tip
+                    # aggregates are as serving saw them (point in time).
+                    "candidates": {
+                        "tip_id": [c[0] for c in candidates],
+                        "category": [c[1] for c in candidates],
+                        "source": [c[3] for c in candidates],
+                        "tags": [c[2] for c in candidates],
+                        "tip_impressions": [t.impressions for t in tips],
+                        "tip_reward_sum": [t.reward_sum for t in tips],
+                        "score": score_list,
+                        "propensity": propensities,
+                        "rank": ranks,
+                    },
                 },
             )
             _lap(stage["record"], began)
