@@ -31,6 +31,7 @@ def serve(
 
     from tipml.logs import configure_logging
     from tipml.serving.app import create_app
+    from tipml.serving.http import OneWriteHttpToolsProtocol
     from tipml.settings import load_settings
 
     try:
@@ -52,6 +53,7 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        http=OneWriteHttpToolsProtocol,
     )
 
 

@@ -74,6 +74,8 @@ def serve_workers(settings: Settings, *, host: str, port: int, workers: int) -> 
     """Start the shared parts, run ``workers`` uvicorn workers until stopped, stop the parts."""
     import uvicorn
 
+    from tipml.serving.http import OneWriteHttpToolsProtocol
+
     if workers < 2:
         raise ConfigError("--workers: serve_workers needs at least 2 (1 is plain `tipml serve`)")
     settings.check_serving()
@@ -116,6 +118,7 @@ def serve_workers(settings: Settings, *, host: str, port: int, workers: int) -> 
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=10,
+            http=OneWriteHttpToolsProtocol,
         )
     finally:
         stop.set()
