@@ -229,7 +229,7 @@ def stream_configs(settings: Settings, partitions: int = 1) -> list[StreamConfig
                 retention=RetentionPolicy.LIMITS,
                 discard=DiscardPolicy.OLD,
                 max_age=settings.dlq_max_age_s if name == DLQ else settings.stream_max_age_s,
-                # ages alone do not bound the disk: a /score decision is ~20 KB at 100 candidates
+                # ages alone do not bound the disk: a /score decision is ~8 KB at 100 candidates
                 max_bytes=settings.stream_max_bytes,
                 duplicate_window=settings.duplicate_window_s,
                 storage=storage,

@@ -39,7 +39,7 @@ log = logging.getLogger("tipml.decisions")
 
 Record = tuple[str, str, bytes, dict[str, str]]  # subject, decision id, payload, headers
 # Published with each decision beside ``Nats-Msg-Id``: its time and user, so the archiver
-# files a decision without parsing its ~20 KB body (absent when not a safe header value)
+# files a decision without parsing its ~8 KB body (absent when not a safe header value)
 TS_HEADER = "Tipml-Ts"
 USER_HEADER = "Tipml-User-Id"
 _names = itertools.count()
