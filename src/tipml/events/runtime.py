@@ -244,7 +244,7 @@ class EventsRuntime:
                 )
             )
         if "archiver" in self.consumer_names:
-            # beside /score (the process logs decisions) the archiver does not linger
+            # beside /score (the process logs decisions) the archiver lingers less (ADR 0024)
             linger = self.settings.archive_linger(beside_requests=self.decisions is not None)
             out.extend(archivers(self.settings.archive, linger))
         for name in self.consumer_names:
