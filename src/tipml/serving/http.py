@@ -2,10 +2,13 @@
 
 uvicorn writes a response's status line and headers to the socket when the app sends
 ``http.response.start`` and its body when the app sends ``http.response.body``: two
-``send`` calls, two TCP segments on the wire, two wake-ups of the client. A py-spy profile
-of a saturated ``/score`` worker put ~10 % of its samples in those two writes, the head's
-more than the 8 KB body's. ``OneWriteHttpToolsProtocol`` holds the head of a response that
-declares its ``content-length`` and writes it together with the first body chunk.
+``send`` calls, two TCP segments on the wire, two wake-ups of the client (a py-spy profile of
+a saturated ``/score`` worker put ~10 % of its samples in those two writes, the 300-byte
+head's more than the 8 KB body's). ``OneWriteHttpToolsProtocol`` holds the head of a response
+that declares its ``content-length`` and writes it together with the first body chunk: one
+segment and one wake-up per answer. Measured: the load generator's CPU per ``/score`` fell by
+about an eighth; the worker's own stayed within the noise — its one write costs what the two
+did.
 
 Everything else is uvicorn's own code path: parsing, keep-alive, pipelining, flow control,
 ``100 Continue`` (written as it comes: the client waits for it), chunked and streamed
