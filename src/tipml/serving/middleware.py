@@ -200,8 +200,7 @@ class RequestMiddleware:
             elapsed = time.perf_counter() - started
             route: Any = scope.get("route")
             path = fast.path if fast is not None else getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(path, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(path).observe(elapsed)
+            self.metrics.request_done(path, scope["method"], status, elapsed)
             if self.log_requests and path not in ("/healthz", "/metrics"):
                 access_log.info(
                     "request",

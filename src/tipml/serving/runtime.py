@@ -29,7 +29,7 @@ from tipml.experiments.policies import Greedy, RankingPolicy, parse_score_policy
 from tipml.features.store import OnlineFeatureStore
 from tipml.serving.gateway import LOCAL_LLM_VAR, LiteLLMGateway, LLMGateway, load_gateway_config
 from tipml.serving.local_llm import LocalLLM, assemble_default_model
-from tipml.serving.metrics import Metrics
+from tipml.serving.metrics import FLUSH_INTERVAL_S, Metrics
 from tipml.serving.prompts import known_versions, resolve_version
 from tipml.serving.scoring import Scorer, build_scorer
 
@@ -95,6 +95,7 @@ class Runtime:
     _task: asyncio.Task[None] | None = None
     _feast_task: asyncio.Task[None] | None = None
     _llm_task: asyncio.Task[None] | None = None
+    _flush_task: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, scorer: Scorer | None = None) -> Runtime:
@@ -203,6 +204,14 @@ class Runtime:
             self.online.kind = f"feast ({self.settings.feast_online})"
             self._feast_task = asyncio.create_task(self._start_feast(), name="feast")
         self._task = asyncio.create_task(self._start_gateway(), name="tipml-gateway-start")
+        self._flush_task = asyncio.create_task(self._flush_metrics(), name="metrics-flush")
+
+    async def _flush_metrics(self) -> None:
+        """The batched request metrics into Prometheus's, every ``FLUSH_INTERVAL_S``: what
+        another worker's ``/metrics`` reads (this process's own flushes at each scrape)."""
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            self.metrics.flush()
 
     async def _start_feast(self) -> None:
         from tipml.features.feast_store import FeastOnlineStore
@@ -289,6 +298,11 @@ class Runtime:
             delay = 1.0
 
     async def stop(self) -> None:
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush_task
+        self.metrics.flush()
         if self.registry is not None:
             await self.registry.stop()
         if self._llm_task is not None:
