@@ -127,14 +127,35 @@ _CATEGORY_END = _CATEGORY_FIRST + len(CATEGORIES)
 assert sorted(_CATEGORY_COLUMN.values()) == list(range(_CATEGORY_FIRST, _CATEGORY_END))
 
 
-def feature_hash(x: npt.NDArray[np.float64]) -> str:
+# ``feature_hash``'s schemes. The current one writes "<scheme>:<hex>"; a hash without a
+# prefix is the first scheme (BLAKE2b), logged before ADR 0025 and still checked as such.
+HASH_SCHEME = "s2"
+_LEGACY_SCHEME = "b2"
+
+
+def feature_hash(x: npt.NDArray[np.float64], scheme: str = HASH_SCHEME) -> str:
     """A short, stable hash of a feature matrix (rows = candidates in request order, columns
     = ``FEATURE_NAMES``): serving logs it with each decision, the training-set builder
-    rebuilds the matrix from the log and compares (the skew check). NaN is one value."""
-    canonical = np.where(np.isnan(x), np.nan, x).astype("<f8", copy=False)
-    digest = hashlib.blake2b(np.ascontiguousarray(canonical).tobytes(), digest_size=8)
-    digest.update(str(x.shape).encode())
-    return digest.hexdigest()
+    rebuilds the matrix from the log and compares (the skew check; ``hash_scheme`` says which
+    scheme a logged hash used). NaN is one value. ``s2``: SHA-256 of the little-endian
+    doubles and the shape, 64 bits of it — half the time of BLAKE2b here, where the CPU hashes
+    SHA-256 in hardware; ``b2``: BLAKE2b, unprefixed (decisions logged before)."""
+    canonical = np.ascontiguousarray(np.where(np.isnan(x), np.nan, x).astype("<f8", copy=False))
+    if scheme == HASH_SCHEME:
+        digest = hashlib.sha256(canonical.data)
+        digest.update(str(x.shape).encode())
+        return f"{HASH_SCHEME}:{digest.hexdigest()[:16]}"
+    if scheme == _LEGACY_SCHEME:
+        legacy = hashlib.blake2b(canonical.data, digest_size=8)
+        legacy.update(str(x.shape).encode())
+        return legacy.hexdigest()
+    raise ValueError(f"feature_hash: unknown scheme {scheme!r}")
+
+
+def hash_scheme(logged: str) -> str:
+    """The scheme a logged ``feature_hash`` was made with: its prefix, else BLAKE2b."""
+    scheme, sep, _ = logged.partition(":")
+    return scheme if sep else _LEGACY_SCHEME
 
 
 def hour_match(local_hour: int, preferred_hour: float | None) -> float:

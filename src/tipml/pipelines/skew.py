@@ -22,7 +22,13 @@ import numpy.typing as npt
 from tipml.domain.tips import TipStats
 from tipml.errors import TipmlError
 from tipml.features.profile_schema import validate_profile
-from tipml.features.tip_features import FEATURE_SET, Candidate, feature_hash, feature_matrix
+from tipml.features.tip_features import (
+    FEATURE_SET,
+    Candidate,
+    feature_hash,
+    feature_matrix,
+    hash_scheme,
+)
 
 
 def rebuild_matrix(decision: Mapping[str, Any]) -> npt.NDArray[np.float64]:
@@ -76,7 +82,7 @@ def skew_report(decisions: Iterable[Mapping[str, Any]]) -> SkewReport:
             continue
         report.checked += 1
         try:
-            rebuilt = feature_hash(rebuild_matrix(d))
+            rebuilt = feature_hash(rebuild_matrix(d), hash_scheme(str(logged)))
         except (KeyError, TypeError, ValueError, TipmlError):
             rebuilt = None
         if rebuilt != logged:
