@@ -32,6 +32,8 @@ from tipml.serving.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
+from tipml.serving.score_decoder import decode_score
+from tipml.serving.service import ScoreInput
 
 
 def parse_json_body(body: bytes) -> Any:
@@ -218,10 +220,12 @@ async def score_json(
     runtime: Runtime, body: bytes, authorization: str, started: float
 ) -> tuple[bytes, list[Callable[[], None]]]:
     """A JSON ``/score`` request's whole answer: the bearer check, one validation straight
-    from the body's bytes, the ranking; the response body and the work to run once it is
-    sent (the decision record). Raises what the error handlers translate."""
+    from the body's bytes (msgspec's fast lane, else pydantic's), the ranking; the response
+    body and the work to run once it is sent (the decision record). Raises what the error
+    handlers translate."""
     check_bearer(authorization, runtime)
-    req = validate_json(ScoreRequest, body)
+    # the fast lane first; what it does not accept, the contract's model decides (ADR 0025)
+    req = decode_score(body) or validate_json(ScoreRequest, body)
     return await score_content(req, runtime, started)
 
 
@@ -236,7 +240,7 @@ def score_response(content: bytes, deferred: list[Callable[[], None]]) -> Respon
 
 
 async def score_content(
-    req: ScoreRequest, runtime: Runtime, started: float
+    req: ScoreRequest | ScoreInput, runtime: Runtime, started: float
 ) -> tuple[bytes, list[Callable[[], None]]]:
     stage, entered = runtime.metrics.stage, time.perf_counter()
     stage["parse_validate"].observe(entered - started)
@@ -355,6 +359,7 @@ async def metrics(runtime: RuntimeDep) -> Response:
     # mode (gauges carry a `pid` label there)
     # (our own variable, not PROMETHEUS_MULTIPROC_DIR: importing Feast sets that one in any
     # process that imports it, and a single process's page would then read empty files)
+    runtime.metrics.flush()  # this process's batched request metrics, up to now
     registry = runtime.metrics.registry
     shared = os.environ.get(WORKER_METRICS_VAR)
     if shared:
