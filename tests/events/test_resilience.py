@@ -145,7 +145,7 @@ async def test_decision_log_loses_nothing_across_a_30s_outage(
     )
     nc = await connect(nats.url, "decisions")
     js = nc.jetstream()
-    log.start(lambda: js if nc.is_connected else None)
+    log.start(lambda: nc if nc.is_connected else None)
     ids = [f"d{i:04d}" for i in range(400)]
     for i in ids[:100]:
         log.record("score", i, {"decision_id": i})

@@ -134,7 +134,7 @@ async def test_shutdown_flushes_decisions_even_when_a_consumer_stop_fails(
         raise RuntimeError("consumer stop blew up")
 
     events.runners[0].stop = broken_stop  # type: ignore[method-assign]
-    events.decisions._js = lambda: None  # NATS "away": the decisions stay buffered
+    events.decisions._client = lambda: None  # NATS "away": the decisions stay buffered
     for i in range(3):
         events.decisions.record("score", f"d-{i}", {"decision_id": f"d-{i}"})
     await events.stop()
@@ -167,7 +167,7 @@ async def test_a_corrupt_spill_line_is_skipped_and_counted(
     (spill / "spill-2-1.jsonl").write_bytes(good[1] + b"\n")
     before = await _decisions_in_stream(nc)
     log = DecisionLog(spill, EventMetrics(CollectorRegistry()))
-    log.start(lambda: bus.js)
+    log.start(lambda: bus.nc)
     try:
         await eventually(
             lambda: _count_is(nc, before + 2), what="both good spilled decisions published"

@@ -140,9 +140,9 @@ class EventsRuntime:
         assert self.embedded is not None
         return self.embedded.url
 
-    def _js(self) -> Any:
+    def _connected(self) -> NATS | None:
         if self.bus is not None and self.bus.nc.is_connected:
-            return self.bus.js
+            return self.bus.nc
         return None
 
     async def start(self, *, wait: bool = False) -> None:
@@ -155,7 +155,7 @@ class EventsRuntime:
             # In this (the main) thread: the child is tied to the thread that starts it.
             self.embedded.start()
         if self.decisions is not None:
-            self.decisions.start(self._js)
+            self.decisions.start(self._connected)
         self._task = asyncio.create_task(self._connect_and_run(), name="events-start")
         if wait:
             await asyncio.shield(self._task)
