@@ -60,7 +60,8 @@ async def test_a_backlog_is_published_in_a_few_turns_of_a_busy_loop(
         for i in range(BACKLOG):
             log.record("score", f"d-{i:05d}", {"decision_id": f"d-{i:05d}", "user_id": "u"})
         deadline = time.monotonic() + 60
-        while log.published < BACKLOG and time.monotonic() < deadline:
+        # polled once per turn: the publisher exposes a count, not an event to wait on
+        while log.published < BACKLOG and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0)
         used = turns - start
     finally:
@@ -80,9 +81,7 @@ async def test_a_refused_publish_keeps_the_decision_and_names_the_reason(
 ) -> None:
     """No stream takes ``ml.>`` yet: every ack is "no responders". The decisions stay
     buffered, the reason is in ``health()``; once the stream exists they arrive, once each."""
-    log = DecisionLog(
-        tmp_path / "spill", EventMetrics(CollectorRegistry()), publish_timeout_s=0.5
-    )
+    log = DecisionLog(tmp_path / "spill", EventMetrics(CollectorRegistry()), publish_timeout_s=0.5)
     log.start(lambda: nc)
     for i in range(5):
         log.record("score", f"r-{i}", {"decision_id": f"r-{i}"})

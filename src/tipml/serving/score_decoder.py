@@ -33,7 +33,7 @@ _Short = Annotated[str, Meta(max_length=64)]
 class _Candidate(Struct, forbid_unknown_fields=True):
     tip_id: _Id
     category: _Short | None = None
-    tags: Annotated[list[_Short], Meta(max_length=32)] = []
+    tags: Annotated[tuple[_Short, ...], Meta(max_length=32)] = ()  # Candidate's own type
     source: Literal["curated", "generated"] = "curated"
 
 
@@ -76,5 +76,5 @@ def decode_score(body: bytes) -> ScoreInput | None:
         except ValueError:  # pydantic's ValidationError
             return None
     new = tuple.__new__  # see ScoreInput.of
-    candidates = [new(Candidate, (c.tip_id, c.category, tuple(c.tags), c.source)) for c in cands]
+    candidates = [new(Candidate, (c.tip_id, c.category, c.tags, c.source)) for c in cands]
     return ScoreInput(raw.user_id, candidates, raw.profile_features, context, raw.k)
