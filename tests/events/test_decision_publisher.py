@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry
 
@@ -106,3 +108,35 @@ async def test_a_refused_publish_keeps_the_decision_and_names_the_reason(
 
 async def _published(log: DecisionLog, n: int) -> bool:
     return log.published == n
+
+
+async def test_a_batch_is_done_when_all_of_it_is_acked_not_the_part_sent_first(
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client yields while a batch is sent (nats-py flushes and waits when its pending
+    buffer fills): here, for 50 ms after the first decision, so that decision's ack arrives
+    before the rest is sent. The batch must wait for every ack — not end when the part sent
+    first is acked, give the rest up as unacked and send them again."""
+    await _decisions_stream(nc)
+    log = DecisionLog(tmp_path / "spill", EventMetrics(CollectorRegistry()))
+    for i in range(200):
+        log.record("score", f"b-{i:04d}", {"decision_id": f"b-{i:04d}"})
+    publish = nc.publish
+    sent = 0
+
+    async def publish_then_yield(*args: Any, **kwargs: Any) -> None:
+        nonlocal sent
+        await publish(*args, **kwargs)
+        sent += 1
+        if sent == 1:
+            await nc.flush()
+            await asyncio.sleep(0.05)
+
+    monkeypatch.setattr(nc, "publish", publish_then_yield)
+    log.start(lambda: nc)
+    await eventually(lambda: _published(log, 200), timeout_s=30, what="the batch published")
+    assert log.last_error is None
+    assert sent == 200  # each once: none given up on and sent again
+    await log.stop()
+    info = await nc.jetstream().stream_info(DECISIONS)
+    assert info.state.messages == 200

@@ -135,6 +135,7 @@ class _AckInbox:
         self.waiting: dict[str, int] = {}
         self.failed: dict[int, str] = {}  # index -> why
         self.done: asyncio.Future[None] | None = None
+        self.sending = False  # a batch is being sent: its acks may come before it is all out
         self._tokens = itertools.count()
 
     async def open(self) -> None:
@@ -152,7 +153,7 @@ class _AckInbox:
         error = _ack_error(msg)
         if error is not None:
             self.failed[index] = error
-        if not self.waiting and self.done is not None:
+        if not self.waiting and not self.sending and self.done is not None:
             _settle(self.done)
 
     async def publish(self, items: list[Record], timeout_s: float) -> dict[int, str]:
@@ -163,16 +164,24 @@ class _AckInbox:
         loop = asyncio.get_running_loop()
         self.done = done = loop.create_future()
         prefix, waiting, tokens = self.prefix, self.waiting, self._tokens
-        for i, (subject, _, payload, headers) in enumerate(items):
-            token = str(next(tokens))
-            waiting[token] = i
-            try:
-                await self.nc.publish(subject, payload, reply=f"{prefix}.{token}", headers=headers)
-            except Exception as exc:  # the connection went: this one and the rest are not sent
-                why = f"{type(exc).__name__}: {exc}"[:300]
-                waiting.clear()
-                self.failed.update((j, why) for j in range(i, len(items)))
-                break
+        # the client flushes (and yields) when its pending buffer fills: acks of a batch's
+        # start may come while the rest is sent, and must not end the batch
+        self.sending = True
+        try:
+            for i, (subject, _, payload, headers) in enumerate(items):
+                token = str(next(tokens))
+                waiting[token] = i
+                try:
+                    await self.nc.publish(
+                        subject, payload, reply=f"{prefix}.{token}", headers=headers
+                    )
+                except Exception as exc:  # the connection went: this and the rest are not sent
+                    del waiting[token]
+                    why = f"{type(exc).__name__}: {exc}"[:300]
+                    self.failed.update((j, why) for j in range(i, len(items)))
+                    break  # what was sent before still waits for its ack (or the timeout)
+        finally:
+            self.sending = False
         if waiting:
             timer = loop.call_later(timeout_s, _settle, done)
             try:
