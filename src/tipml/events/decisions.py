@@ -176,7 +176,7 @@ class _AckInbox:
                         subject, payload, reply=f"{prefix}.{token}", headers=headers
                     )
                 except Exception as exc:  # the connection went: this and the rest are not sent
-                    del waiting[token]
+                    waiting.pop(token, None)
                     why = f"{type(exc).__name__}: {exc}"[:300]
                     self.failed.update((j, why) for j in range(i, len(items)))
                     break  # what was sent before still waits for its ack (or the timeout)
