@@ -24,6 +24,10 @@ per request:
 Then the **saturation throughput** of tipml, the naive service and mlflow: closed loop at 1,
 2, 4, … 64 connections; the capacity is the highest throughput whose p99 stays ≤ 50 ms.
 
+For tipml's row at the fixed rate the service's own ``/metrics`` is read before and after:
+the p99 of the ``/score`` handler's clock and the event loop's lag (``inside_service``), which
+separate the time in tipml's code from the waits only the client's clock sees.
+
 Goals (issue 10): ``/score`` p99 ≤ 5 ms at 200 rps; capacity ≥ 3x mlflow, ≥ 1.5x the naive.
 """
 
@@ -301,6 +305,46 @@ class Target:
         }
 
 
+def _histogram(page: str, name: str, label: str = "") -> dict[float, float]:
+    """A Prometheus histogram's cumulative bucket counts (``le`` → count) from an exposition."""
+    out: dict[float, float] = {}
+    for line in page.splitlines():
+        if line.startswith(f"{name}_bucket{{") and label in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float(le)] = out.get(float(le), 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def service_view(target: Target, run: Any) -> dict[str, Any]:
+    """``run()`` (a hey row against tipml) and what tipml's own ``/metrics`` saw meanwhile:
+    the p99 of ``/score``'s handler (the bucket bound it falls in: the clock starts when the
+    handler runs) and how often the event loop woke its 10 ms timer over 5 ms late — the wait
+    before the handler that only the client's clock sees."""
+    url = target.url.rsplit("/", 1)[0] + "/metrics"
+    headers = dict(h.split(": ", 1) for h in target.headers)
+    before = httpx.get(url, headers=headers, timeout=10).text
+    result = run()
+    after = httpx.get(url, headers=headers, timeout=10).text
+    view: dict[str, Any] = {}
+    for key, name, label in (
+        ("handler", "tipml_http_request_seconds", 'route="/score"'),
+        ("loop_lag", "tipml_event_loop_lag_seconds", ""),
+    ):
+        b, a = _histogram(before, name, label), _histogram(after, name, label)
+        counts = {le: a[le] - b.get(le, 0.0) for le in sorted(a)}
+        total = counts.get(float("inf"), 0.0)
+        if not total:
+            continue
+        if key == "handler":
+            view["handler_p99_ms_at_most"] = next(
+                le * 1000 for le, n in counts.items() if n >= 0.99 * total
+            )
+        else:
+            view["loop_lag_over_5ms_share"] = round(1 - counts[0.005] / total, 4)
+            view["loop_lag_over_25ms_share"] = round(1 - counts[0.025] / total, 4)
+    return {**result, "inside_service": view}
+
+
 def saturation(target: Target, duration: float) -> dict[str, Any]:
     """Closed loop at growing concurrency (1, 2, 4, … 64 connections, each sending its next
     request when the last is answered): the throughput climbs until the service saturates,
@@ -370,7 +414,12 @@ def main() -> None:
             for name, target in targets.items():
                 if args.warmup:
                     target.hey(args.rate, args.warmup)
-                results[name] = target.hey(args.rate, args.duration)
+                if name == "tipml":
+                    results[name] = service_view(
+                        target, lambda t=target: t.hey(args.rate, args.duration)
+                    )
+                else:
+                    results[name] = target.hey(args.rate, args.duration)
                 Console().print(f"{name}: {results[name]}")
             if not args.no_saturation:
                 for name in ("tipml", "naive", "mlflow"):
@@ -502,6 +551,14 @@ def main() -> None:
             "" if cap is None else f"{cap} rps",
         )
     Console().print(table)
+    inside = results.get("tipml", {}).get("inside_service")
+    if inside:
+        Console().print(
+            f"tipml at {args.rate:.0f} rps, inside the service: /score handler p99 ≤ "
+            f"{inside.get('handler_p99_ms_at_most')} ms; event loop woken > 5 ms late "
+            f"{100 * inside.get('loop_lag_over_5ms_share', 0):.2f} % of the time, > 25 ms "
+            f"{100 * inside.get('loop_lag_over_25ms_share', 0):.2f} %"
+        )
     if not args.no_saturation:
         Console().print(
             f"capacity: tipml / naive x{results['capacity_ratio_vs_naive']}, "

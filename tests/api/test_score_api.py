@@ -351,3 +351,24 @@ def test_generated_request_ids_are_unique_across_a_fork() -> None:
     assert second[:16] == first[:16]
     assert int(second[16:], 16) == int(first[16:], 16) + 1
     assert len({first, child, second}) == 3
+
+
+def _lag(metrics: str, suffix: str) -> float:
+    name = f"tipml_event_loop_lag_seconds_{suffix}"
+    return next(float(ln.rsplit(" ", 1)[1]) for ln in metrics.splitlines() if ln.startswith(name))
+
+
+def test_a_stalled_event_loop_shows_in_the_loop_lag_metric(client: TestClient) -> None:
+    """A callback that holds the app's loop for 80 ms delays every request behind it, and no
+    request's own clock sees that wait: ``tipml_event_loop_lag_seconds`` does."""
+    import time
+
+    page = client.get("/metrics").text
+    slow_before = _lag(page, "count") - _lag(page, 'bucket{le="0.05"}')
+    assert client.portal is not None
+    client.portal.call(time.sleep, 0.08)  # runs on the app's loop thread, holding it
+    time.sleep(0.1)  # the watch wakes (late) and observes
+    page = client.get("/metrics").text
+    slow = _lag(page, "count") - _lag(page, 'bucket{le="0.05"}')
+    assert slow - slow_before >= 1, "the 80 ms stall is not in the histogram"
+    assert _lag(page, "sum") >= 0.06

@@ -90,3 +90,27 @@ def test_request_metrics_are_per_route_method_and_status() -> None:
     assert value("tipml_http_request_seconds_bucket", {"route": "/score", "le": "0.002"}) == 2.0
     assert value("tipml_score_stage_seconds_count", {"stage": "model"}) == 1.0
     assert value("tipml_score_candidates_bucket", {"le": "100.0"}) == 1.0
+
+
+def test_loop_lag_watch_measures_how_late_its_timer_ran() -> None:
+    """An idle loop wakes the watch about on time (the median); a 50 ms blocking call makes
+    one wake-up ~50 ms late (at least 40: the call may start part-way through the sleep)."""
+    import asyncio
+    import time
+
+    from tipml.serving.metrics import watch_loop_lag
+
+    seen: list[float] = []
+
+    async def run() -> None:
+        task = asyncio.create_task(watch_loop_lag(seen.append, 0.01))
+        await asyncio.sleep(0.1)
+        idle = list(seen)
+        time.sleep(0.05)  # noqa: ASYNC251 - the point: a call that holds the loop
+        await asyncio.sleep(0.05)
+        task.cancel()
+        assert idle
+        assert sorted(idle)[len(idle) // 2] < 0.01, idle
+        assert max(seen[len(idle) :]) >= 0.04, seen[len(idle) :]
+
+    asyncio.run(run())

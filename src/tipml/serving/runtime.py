@@ -29,7 +29,7 @@ from tipml.experiments.policies import Greedy, RankingPolicy, parse_score_policy
 from tipml.features.store import OnlineFeatureStore
 from tipml.serving.gateway import LOCAL_LLM_VAR, LiteLLMGateway, LLMGateway, load_gateway_config
 from tipml.serving.local_llm import LocalLLM, assemble_default_model
-from tipml.serving.metrics import FLUSH_INTERVAL_S, Metrics
+from tipml.serving.metrics import FLUSH_INTERVAL_S, Metrics, watch_loop_lag
 from tipml.serving.prompts import known_versions, resolve_version
 from tipml.serving.scoring import Scorer, build_scorer
 
@@ -96,6 +96,7 @@ class Runtime:
     _feast_task: asyncio.Task[None] | None = None
     _llm_task: asyncio.Task[None] | None = None
     _flush_task: asyncio.Task[None] | None = None
+    _lag_task: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, scorer: Scorer | None = None) -> Runtime:
@@ -205,6 +206,9 @@ class Runtime:
             self._feast_task = asyncio.create_task(self._start_feast(), name="feast")
         self._task = asyncio.create_task(self._start_gateway(), name="tipml-gateway-start")
         self._flush_task = asyncio.create_task(self._flush_metrics(), name="metrics-flush")
+        self._lag_task = asyncio.create_task(
+            watch_loop_lag(self.metrics.loop_lag.observe), name="loop-lag"
+        )
 
     async def _flush_metrics(self) -> None:
         """The batched request metrics into Prometheus's, every ``FLUSH_INTERVAL_S``: what
@@ -298,10 +302,11 @@ class Runtime:
             delay = 1.0
 
     async def stop(self) -> None:
-        if self._flush_task is not None:
-            self._flush_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flush_task
+        for task in (self._flush_task, self._lag_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.metrics.flush()
         if self.registry is not None:
             await self.registry.stop()
