@@ -54,13 +54,12 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import uvloop
-from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
 
 from bench.bench_serving import score_body, start_service
-from bench.common import machine
+from bench.common import add_raw_durable, machine, write_results
 from tipml.events.archive import PARQUET_OPTIONS, Archiver
 from tipml.events.bus import DECISIONS, EmbeddedNats, connect, provision
 from tipml.events.consumer import ConsumerRunner
@@ -69,7 +68,6 @@ from tipml.net import free_port
 from tipml.settings import Settings
 from tipml.testing.stub_llm import IDLE_GATEWAY_YAML
 
-RESULTS = Path(__file__).parent / "results"
 console = Console()
 VARIANTS = ("raw", "raw+parquet", "tipml")
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop] | None] = {
@@ -138,21 +136,8 @@ def server_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def add_durable(js: Any, name: str) -> None:
-    await js.add_consumer(
-        DECISIONS,
-        config=ConsumerConfig(
-            durable_name=name,
-            name=name,
-            ack_policy=AckPolicy.EXPLICIT,
-            filter_subject="ml.>",
-            max_ack_pending=20_000,
-        ),
-    )
-
-
 async def raw_loop(js: Any, name: str, n: int, out: Path | None) -> None:
-    await add_durable(js, name)
+    await add_raw_durable(js, DECISIONS, name, "ml.>")
     sub = await js.pull_subscribe_bind(durable=name, stream=DECISIONS)
     done = 0
     while done < n:
@@ -264,10 +249,7 @@ def main() -> None:
         "parquet_options": {k: str(v) for k, v in PARQUET_OPTIONS.items()},
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"archiver-{stamp}.json", "archiver-latest.json"):
-        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    write_results("archiver", results)
     table = Table(
         f"{args.decisions:,} /score decisions",
         "loop",

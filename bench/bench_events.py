@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -43,12 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import machine, pct
+from bench.common import add_raw_durable, machine, pct, write_results
 from tipml.domain.events import keyed_signal_subject
 from tipml.domain.records import SeenIds, event_digest
 from tipml.domain.users import empty_user_state, fold_signals
@@ -98,22 +96,8 @@ async def publish_backlog(
     await asyncio.gather(*pending)
 
 
-async def add_raw_durable(js: Any, name: str) -> None:
-    """The raw loop's durable: explicit acks on every signal, nothing else."""
-    await js.add_consumer(
-        SIGNALS,
-        config=ConsumerConfig(
-            durable_name=name,
-            name=name,
-            ack_policy=AckPolicy.EXPLICIT,
-            filter_subject="signals.>",
-            max_ack_pending=20_000,
-        ),
-    )
-
-
 async def raw_loop(js: Any, n: int) -> float:
-    await add_raw_durable(js, "raw")
+    await add_raw_durable(js, SIGNALS, "raw", "signals.>")
     sub = await js.pull_subscribe_bind(durable="raw", stream=SIGNALS)
     done = 0
     start = time.perf_counter()
@@ -282,7 +266,7 @@ async def raw_processes(n: int, users: int, count: int, tmp: Path) -> float:
         settings = settings_for(server.url, tmp / f"data-raw-processes-{count}")
         bus = await provision(nc, settings)
         await publish_backlog(bus.js, n, users, 1)
-        await add_raw_durable(bus.js, "raw-procs")
+        await add_raw_durable(bus.js, SIGNALS, "raw-procs", "signals.>")
         procs = [
             subprocess.Popen(
                 [sys.executable, __file__, "--raw-consumer", server.url],
@@ -473,9 +457,7 @@ def main() -> None:
         results["lag_runs"] = runs
         if runs:
             results["lag"] = max(runs, key=lambda r: r["written_p99_ms"])  # the worst run
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"events-{stamp}.json", "events-latest.json"):
-        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    stamp = write_results("events", results)
     table = Table("measure", "value", "target", title=f"tipml events bench — {stamp}")
     for label, t in (
         ("every event a new user", results.get("throughput")),

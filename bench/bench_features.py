@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import machine, pct
+from bench.common import machine, pct, write_results
 from tipml.domain.events import SignalEvent
 from tipml.domain.records import kv_key
 from tipml.domain.tips import TipStats
@@ -45,8 +44,6 @@ from tipml.features.tip_features import Candidate, feature_matrix
 from tipml.serving.prompts import VERSIONS
 from tipml.settings import Settings
 from tipml.sim.catalog import CATALOG
-
-RESULTS = Path(__file__).parent / "results"
 
 
 async def run(n: int) -> dict[str, Any]:
@@ -138,10 +135,7 @@ def main() -> None:
         "machine": machine(),
         "jetstream_kv": asyncio.run(run(args.n)),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"features-{stamp}.json", "features-latest.json"):
-        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    stamp = write_results("features", results)
     r = results["jetstream_kv"]
     table = Table(
         "measure (JetStream KV store)",

@@ -43,7 +43,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.bench_serving import load_score, start_service
-from bench.common import machine, pct
+from bench.common import machine, pct, write_results
 from tipml.net import free_port
 
 RESULTS = Path(__file__).parent / "results"
@@ -188,9 +188,7 @@ def main() -> None:
     }
     for server in args.servers.split(","):
         results["servers"][server] = measure(server, args)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"generate-{stamp}.json", "generate-latest.json"):
-        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    stamp = write_results("generate", results)
 
     limit_ms = (results["deadline_s"] + 0.5) * 1000
     table = Table("measure", *results["servers"], title=f"/generate under load — {stamp}")

@@ -59,10 +59,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from bench.bench_serving import score_body, start_service
 from bench.bench_training import generate
-from bench.common import machine, pct
+from bench.common import machine, pct, write_results
 from tipml.testing.stub_llm import IDLE_GATEWAY_YAML, free_port
 
-RESULTS = Path(__file__).parent / "results"
 STUB_GATEWAY = IDLE_GATEWAY_YAML
 
 
@@ -506,10 +505,7 @@ def main() -> None:
             results["capacity_ratio_workers_vs_naive_workers"] = (
                 round(ours_w / naive_w, 2) if naive_w else None
             )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"model-serving-{stamp}.json", "model-serving-latest.json"):
-        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    stamp = write_results("model-serving", results)
     table = Table(
         f"at {args.rate:.0f} rps offered, 100 candidates",
         "achieved",

@@ -25,7 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import json
 import os
 import subprocess
 import tempfile
@@ -44,10 +43,9 @@ from bench.bench_model_serving import (
     start_naive,
 )
 from bench.bench_serving import start_service
-from bench.common import machine
+from bench.common import machine, write_results
 from tipml.testing.stub_llm import free_port
 
-RESULTS = Path(__file__).parent / "results"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -179,10 +177,7 @@ def main() -> None:
                     proc.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"bench_score_cpu-{stamp}.json", "bench_score_cpu-latest.json"):
-        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    write_results("bench_score_cpu", results)
     title = (
         f"/score at saturation: CPU µs per answered request ({args.workers} workers, "
         f"{args.connections} connections, {args.duration:g} s windows)"

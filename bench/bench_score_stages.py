@@ -43,7 +43,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from bench.bench_model_serving import STUB_GATEWAY, register_model
 from bench.bench_serving import load_score, start_service
-from bench.common import machine
+from bench.common import machine, write_results
 from tipml.serving.metrics import SCORE_STAGES
 from tipml.testing.stub_llm import free_port
 
@@ -242,9 +242,7 @@ def main() -> None:
         "stages_total_us": round(total, 1),
         "flame_graph": flame.name if profiler is not None and flame.exists() else None,
     }
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"score-stages-{stamp}.json", "score-stages-latest.json"):
-        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    stamp = write_results("score-stages", results)
     table = Table(
         "stage", "mean µs", "share", title=f"/score stages at {args.rate:g} rps — {stamp}"
     )

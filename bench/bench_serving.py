@@ -43,7 +43,7 @@ from rich.table import Table
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from bench.common import machine, open_loop, pct
+from bench.common import machine, open_loop, pct, write_results
 from tipml.features.context import build_context
 from tipml.features.profile_schema import validate_profile
 from tipml.serving.gateway import LiteLLMGateway, load_gateway_config
@@ -330,9 +330,7 @@ def main() -> None:
         with console.status("local model latency and tokens/s"):
             results["local_model"] = asyncio.run(local_model(args.llm_calls))
 
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"serving-{stamp}.json", "serving-latest.json"):
-        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    stamp = write_results("serving", results)
 
     s, g = results["score"], results["gateway"]
     table = Table("measure", "value", "target", title=f"tipml serving bench — {stamp}")

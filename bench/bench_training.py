@@ -32,9 +32,8 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine
+from common import machine, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK = 50_000
 
 
@@ -231,10 +230,7 @@ def main() -> None:
         "goal": "1M decisions: build + train <= 60 s, <= 4 GB",
         "runs": runs,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"training-{stamp}.json", "training-latest.json"):
-        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    stamp = write_results("training", results)
     table = Table(
         "decisions",
         "rows",

@@ -1,14 +1,18 @@
-"""Helpers shared by the benchmarks: percentiles and the machine they ran on."""
+"""Helpers shared by the benchmarks: percentiles, the machine they ran on, their result files."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from nats.js.api import AckPolicy, ConsumerConfig
 
 
 def pct(values: list[float], q: float) -> float:
@@ -16,6 +20,32 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def write_results(name: str, results: dict[str, Any], folder: Path = RESULTS) -> str:
+    """``<folder>/<name>-<utc stamp>.json`` and ``<name>-latest.json``; returns the stamp."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for file in (f"{name}-{stamp}.json", f"{name}-latest.json"):
+        (folder / file).write_text(json.dumps(results, indent=2) + "\n")
+    return stamp
+
+
+async def add_raw_durable(js: Any, stream: str, name: str, filter_subject: str) -> None:
+    """A raw client loop's durable: explicit acks, nothing else (the peer of a tipml consumer)."""
+    await js.add_consumer(
+        stream,
+        config=ConsumerConfig(
+            durable_name=name,
+            name=name,
+            ack_policy=AckPolicy.EXPLICIT,
+            filter_subject=filter_subject,
+            max_ack_pending=20_000,
+        ),
+    )
 
 
 def machine() -> dict[str, Any]:
