@@ -22,9 +22,9 @@ consumer of its own:
 For each: decisions/s, and CPU per decision of this process (every thread: ``process_time``)
 and of nats-server (``/proc``), on each event loop of ``--loops`` (asyncio's, the one
 ``tipml consume`` runs on, and uvloop's, the one ``tipml serve`` runs on), alternated
-``--rounds`` times. The archiver's cost per
-decision is what each ``/score`` pays for it when the archiver runs beside ``/score`` on the
-same cores (issue 10: two workers at saturation are CPU-bound).
+``--rounds`` times. The archiver's cost per decision is what each ``/score`` pays for it
+when the archiver runs beside ``/score`` on the same cores (issue 10: two workers at
+saturation are CPU-bound).
 
 Writes ``bench/results/archiver-<utc>.json`` and ``archiver-latest.json`` and prints a table.
 """
@@ -88,8 +88,9 @@ def record_decisions(data_dir: Path, n: int) -> None:
     }
     proc = start_service(port, token, env)
     try:
-        # eight users' requests (profiles, hours, candidate orders of their own): decisions
-        # as alike as a real log's, not one body's copies (which zstd shrinks to ~40 bytes)
+        # eight users' requests (profiles, hours, candidate orders of their own), not one
+        # body's copies (zstd shrank those to ~40 bytes a decision) — still far more alike
+        # than a real log's decisions (the docstring)
         heys = []
         for i in range(8):
             body = data_dir / f"score-{i}.json"
@@ -111,7 +112,7 @@ def record_decisions(data_dir: Path, n: int) -> None:
                 f"http://127.0.0.1:{port}/score",
             ]
             heys.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
-        if any(h.wait() != 0 for h in heys):
+        if [h.wait() for h in heys].count(0) != len(heys):
             raise SystemExit("hey failed")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # the log publishes behind the requests
@@ -238,10 +239,13 @@ def main() -> None:
         "--loops", default="asyncio,uvloop", help="event loops to run each variant on"
     )
     args = parser.parse_args()
+    loops = [name.strip() for name in args.loops.split(",") if name.strip()]
+    if not loops or set(loops) - set(LOOPS):
+        parser.error(f"--loops: a comma-separated list of {', '.join(LOOPS)}")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         record_decisions(tmp, args.decisions)
-        rows = run(args.decisions, args.rounds, args.loops.split(","), tmp)
+        rows = run(args.decisions, args.rounds, loops, tmp)
     results = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
