@@ -59,7 +59,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.bench_serving import score_body, start_service
-from bench.common import add_raw_durable, machine, write_results
+from bench.common import add_raw_durable, cpu_s, machine, write_results
 from tipml.events.archive import PARQUET_OPTIONS, Archiver
 from tipml.events.bus import DECISIONS, EmbeddedNats, connect, provision
 from tipml.events.consumer import ConsumerRunner
@@ -132,11 +132,6 @@ def _buffered(page: str) -> float:
     return 0.0
 
 
-def server_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def raw_loop(js: Any, name: str, n: int, out: Path | None) -> None:
     await add_raw_durable(js, DECISIONS, name, "ml.>")
     sub = await js.pull_subscribe_bind(durable=name, stream=DECISIONS)
@@ -185,13 +180,13 @@ async def variant(
     out = tmp / "out" / name
     out.mkdir(parents=True)
     pid = server._proc.pid  # type: ignore[union-attr]
-    cpu0, srv0, wall0 = time.process_time(), server_cpu_s(pid), time.perf_counter()
+    cpu0, srv0, wall0 = time.process_time(), cpu_s(pid), time.perf_counter()
     if kind == "tipml":
         await tipml_archiver(bus, settings, name, n, out)
     else:
         await raw_loop(bus.js, name, n, out if kind == "raw+parquet" else None)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    srv = server_cpu_s(pid) - srv0
+    srv = cpu_s(pid) - srv0
     await nc.close()
     written = sum(f.stat().st_size for f in out.rglob("*.parquet"))
     return {

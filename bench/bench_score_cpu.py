@@ -43,10 +43,8 @@ from bench.bench_model_serving import (
     start_naive,
 )
 from bench.bench_serving import start_service
-from bench.common import machine, write_results
+from bench.common import cpu_s, machine, write_results
 from tipml.testing.stub_llm import free_port
-
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def tree(pid: int) -> list[int]:
@@ -65,15 +63,6 @@ def tree(pid: int) -> list[int]:
         found.append(p)
         todo += [c for c, pp in parent.items() if pp == p]
     return found
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (all its threads), 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def kind(pid: int, root: int) -> str:

@@ -48,6 +48,15 @@ async def add_raw_durable(js: Any, stream: str, name: str, filter_subject: str) 
     )
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads), 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     try:
