@@ -1,18 +1,19 @@
 """The archiver of ``/score`` decisions: CPU per decision against the bare client loop.
 
     .venv/bin/python bench/bench_archiver.py [--decisions 20000] [--rounds 2]
-                                             [--loops asyncio,uvloop]
+                                             [--loops asyncio,uvloop] [--batch-max 64]
 
 Real decisions first: ``tipml serve`` (consumers off, default scorer) answers ``--decisions``
 ``/score`` requests of 100 candidates from ``hey`` (eight users' bodies) and its decision log
-publishes them to its embedded nats-server (~7.9 KB each). Decisions of eight bodies are far
+publishes them to its embedded nats-server (~7.9 KB each; in blocks of up to ``--batch-max``,
+ADR 0028 — ``1``: one message per decision, as before it). Decisions of eight bodies are far
 more alike than a real log's: zstd stores one in ~120 bytes, so the Parquet bytes (and the
 compressor's share of the CPU) are a lower bound. The service stops; the server is started
 again on the same store, and each variant drains the whole backlog through a durable
 consumer of its own:
 
 - ``raw``: the client's floor for any archiver — nats-py ``fetch(500)`` and an ack per
-  message, nothing kept;
+  message, nothing kept (a block is one message);
 - ``raw+parquet``: the same, plus what the archive must do at least — the bodies and
   sequences of each batch as one zstd Parquet file (two columns, built from the bytes);
 - ``tipml``: the archiver (``events/archive.py``) under its ``ConsumerRunner``, as
@@ -63,6 +64,7 @@ from bench.common import add_raw_durable, cpu_s, machine, write_results
 from tipml.events.archive import PARQUET_OPTIONS, Archiver
 from tipml.events.bus import DECISIONS, EmbeddedNats, connect, provision
 from tipml.events.consumer import ConsumerRunner
+from tipml.events.decisions import BATCH_HEADER
 from tipml.events.metrics import EventMetrics
 from tipml.net import free_port
 from tipml.settings import Settings
@@ -76,7 +78,7 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop] | None] = {
 }
 
 
-def record_decisions(data_dir: Path, n: int) -> None:
+def record_decisions(data_dir: Path, n: int, batch_max: int) -> None:
     """``n`` real ``/score`` decisions in ``data_dir``'s embedded nats-server."""
     (data_dir / "gateway.yaml").write_text(IDLE_GATEWAY_YAML)
     token, port = secrets.token_urlsafe(24), free_port()
@@ -85,6 +87,7 @@ def record_decisions(data_dir: Path, n: int) -> None:
         "TIPML_CONSUMERS": "off",
         "TIPML_LOCAL_LLM": "off",
         "TIPML_GATEWAY_CONFIG": str(data_dir / "gateway.yaml"),
+        "TIPML_DECISION_BATCH_MAX": str(batch_max),
     }
     proc = start_service(port, token, env)
     try:
@@ -170,8 +173,9 @@ async def tipml_archiver(bus: Any, settings: Settings, name: str, n: int, out: P
 
 
 async def variant(
-    kind: str, round_no: int, server: EmbeddedNats, n: int, tmp: Path
+    kind: str, round_no: int, server: EmbeddedNats, n: int, messages: int, tmp: Path
 ) -> dict[str, Any]:
+    """Drain the backlog (``n`` decisions in ``messages`` messages) one way; per decision."""
     nc = await connect(server.url, "bench-archiver")
     settings = Settings(dev=True, nats_url=server.url, data_dir=tmp / "consumer")
     bus = await provision(nc, settings)
@@ -184,7 +188,7 @@ async def variant(
     if kind == "tipml":
         await tipml_archiver(bus, settings, name, n, out)
     else:
-        await raw_loop(bus.js, name, n, out if kind == "raw+parquet" else None)
+        await raw_loop(bus.js, name, messages, out if kind == "raw+parquet" else None)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     srv = cpu_s(pid) - srv0
     await nc.close()
@@ -199,27 +203,35 @@ async def variant(
     }
 
 
-async def _stream_size(url: str) -> int:
+async def _stream_size(url: str) -> tuple[int, int]:
+    """The stream's decisions and messages (a block holds many decisions)."""
     nc = await connect(url, "bench-archiver")
-    info = await nc.jetstream().stream_info(DECISIONS)
+    js = nc.jetstream()
+    info = await js.stream_info(DECISIONS)
+    decisions = 0
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        headers = (await js.get_msg(DECISIONS, seq)).headers or {}
+        decisions += int(headers.get(BATCH_HEADER, "1"))
     await nc.close()
-    return int(info.state.messages)
+    return decisions, int(info.state.messages)
 
 
 def run(n: int, rounds: int, loops: list[str], tmp: Path) -> list[dict[str, Any]]:
     """Every variant on every event loop, alternated ``rounds`` times; each on a loop of its
     own (``asyncio.Runner``), all against one nats-server holding the backlog."""
     with EmbeddedNats(tmp / "svc" / "nats") as server:
-        held = asyncio.run(_stream_size(server.url))
-        if held < n:
+        held, messages = asyncio.run(_stream_size(server.url))
+        if held != n:
             raise SystemExit(f"{held} decisions in the stream, {n} expected")
+        console.print(f"{n:,} decisions in {messages:,} messages")
         rows = []
         for round_no in range(rounds):
             for loop in loops:
                 for kind in VARIANTS:
                     factory = LOOPS[loop]
                     with asyncio.Runner(loop_factory=factory) as runner:
-                        row = runner.run(variant(kind, round_no, server, n, tmp))
+                        row = runner.run(variant(kind, round_no, server, n, messages, tmp))
+                    row["messages"] = messages
                     row = {"loop": loop, **row}
                     console.print(row)
                     rows.append(row)
@@ -233,24 +245,32 @@ def main() -> None:
     parser.add_argument(
         "--loops", default="asyncio,uvloop", help="event loops to run each variant on"
     )
+    parser.add_argument(
+        "--batch-max",
+        type=int,
+        default=64,
+        help="TIPML_DECISION_BATCH_MAX of the service that logs the decisions (1: a message each)",
+    )
     args = parser.parse_args()
     loops = [name.strip() for name in args.loops.split(",") if name.strip()]
     if not loops or set(loops) - set(LOOPS):
         parser.error(f"--loops: a comma-separated list of {', '.join(LOOPS)}")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        record_decisions(tmp, args.decisions)
+        record_decisions(tmp, args.decisions, args.batch_max)
         rows = run(args.decisions, args.rounds, loops, tmp)
     results = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "decisions": args.decisions,
+        "decision_batch_max": args.batch_max,
+        "messages": rows[0]["messages"] if rows else None,
         "parquet_options": {k: str(v) for k, v in PARQUET_OPTIONS.items()},
         "rows": rows,
     }
     write_results("archiver", results)
     table = Table(
-        f"{args.decisions:,} /score decisions",
+        f"{args.decisions:,} /score decisions (batch max {args.batch_max})",
         "loop",
         "round",
         "decisions/s",

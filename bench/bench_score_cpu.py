@@ -1,7 +1,7 @@
 """Where the CPU of a saturated ``/score`` goes, process by process, against the naive peer.
 
     .venv/bin/python bench/bench_score_cpu.py [--workers 2] [--connections 16] [--duration 10]
-        [--rounds 2] [--variants in-process,consumers-off]
+        [--rounds 2] [--variants in-process,one-per-message,consumers-off]
 
 Capacity on a machine whose cores the load generator shares is CPU per answered request: at
 saturation each system answers ``cores / (its CPU + the load generator's CPU per request)``.
@@ -13,8 +13,10 @@ window: the supervisor, each worker, the embedded nats-server, ``hey``. The tabl
 and CPU µs per answered request per process kind.
 
 Variants of tipml (``--variants``): ``in-process`` (the default layout: consumers and the
-archiver run in the workers) and ``consumers-off`` (``TIPML_CONSUMERS=off``: the deploy layout,
-consumers run elsewhere — here nowhere, so their CPU is not counted).
+archiver run in the workers), ``consumers-off`` (``TIPML_CONSUMERS=off``: the deploy layout,
+consumers run elsewhere — here nowhere, so their CPU is not counted) and ``one-per-message``
+(the default layout with ``TIPML_DECISION_BATCH_MAX=1``: every decision its own message, as
+before ADR 0028's blocks).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=float, default=8)
-    parser.add_argument("--variants", default="in-process,consumers-off")
+    parser.add_argument("--variants", default="in-process,one-per-message,consumers-off")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     results: dict[str, Any] = {
@@ -138,6 +140,10 @@ def main() -> None:
                 env = {**base, "TIPML_DATA_DIR": str(data_dir / f"svc-{variant}")}
                 if variant == "consumers-off":
                     env["TIPML_CONSUMERS"] = "off"
+                elif variant == "one-per-message":
+                    env["TIPML_DECISION_BATCH_MAX"] = "1"
+                elif variant != "in-process":
+                    raise SystemExit(f"unknown variant {variant!r}")
                 proc = start_service(port, run.token, env)
                 procs.append(proc)
                 target = Target(f"http://127.0.0.1:{port}/score", run.score_file, run.auth)

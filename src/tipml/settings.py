@@ -250,6 +250,14 @@ class Settings(BaseSettings):
     decision_spill_max_bytes: int = Field(
         256 << 20, ge=0, description="Bound of the on-disk spill of undelivered decisions."
     )
+    decision_batch_max: int = Field(
+        64,
+        ge=1,
+        le=1000,
+        description="Most /score decisions per decision-log message (a block, ADR 0028): the "
+        "decisions recorded while the last publish was in flight go out as one message. 1: one "
+        "message per decision.",
+    )
 
     @field_validator("consumer_backoff_s", mode="before")
     @classmethod

@@ -291,6 +291,9 @@ def test_a_failing_decision_record_is_logged_and_the_answer_stands(
     service = client.app.state.runtime.score_service  # type: ignore[attr-defined]
 
     class Broken:
+        def new_id(self, kind: str) -> str:
+            return "d1"
+
         def record(self, kind: str, decision_id: str, payload: dict[str, Any]) -> None:
             raise RuntimeError("sink broken")
 
@@ -312,6 +315,9 @@ def test_candidate_defaults_reach_the_decision_log(client: TestClient) -> None:
     logged: list[dict[str, Any]] = []
 
     class Capture:
+        def new_id(self, kind: str) -> str:
+            return f"d{len(logged)}"
+
         def record(self, kind: str, decision_id: str, payload: dict[str, Any]) -> None:
             logged.append(payload)
 

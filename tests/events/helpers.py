@@ -15,6 +15,9 @@ from typing import Any
 import orjson
 from nats.js import JetStreamContext
 
+from tipml.domain.decisions import decode_decision
+from tipml.events.bus import DECISIONS
+from tipml.events.decisions import message_decisions
 from tipml.settings import Settings
 
 
@@ -91,3 +94,15 @@ async def user_total(js: JetStreamContext, user: str, kind: str = "task.complete
         return 0
     record = orjson.loads(entry.value or b"{}")
     return int(record["s"]["total"].get(kind, 0))
+
+
+async def logged_decisions(js: JetStreamContext) -> list[dict[str, Any]]:
+    """Every decision the DECISIONS stream holds, in order: a message of its own or one of a
+    block's (ADR 0028)."""
+    info = await js.stream_info(DECISIONS)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(DECISIONS, seq)
+        for _, data in message_decisions(msg.subject, msg.data or b"", msg.headers):
+            out.append(decode_decision(data))
+    return out

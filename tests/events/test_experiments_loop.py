@@ -31,6 +31,7 @@ from tipml.domain.decisions import decode_decision
 from tipml.domain.records import decode_state, kv_key
 from tipml.domain.rewards import RewardTable
 from tipml.events.bus import DECISIONS, POLICIES_BUCKET, EmbeddedNats, connect
+from tipml.events.decisions import message_decisions
 from tipml.experiments import ope
 from tipml.experiments.logs import exposures, logged_scores
 from tipml.serving.app import create_app
@@ -87,9 +88,10 @@ async def _decisions(url: str) -> dict[str, dict[str, Any]]:
     out = {}
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await js.get_msg(DECISIONS, seq)
-        body = decode_decision(msg.data or b"{}")
-        assert msg.subject == f"ml.decisions.{body['kind']}.{body['decision_id']}"
-        out[body["decision_id"]] = body
+        for subject, data in message_decisions(msg.subject, msg.data or b"{}", msg.headers):
+            body = decode_decision(data)
+            assert subject == f"ml.decisions.{body['kind']}.{body['decision_id']}"
+            out[body["decision_id"]] = body
     await nc.close()
     return out
 

@@ -11,8 +11,8 @@ import orjson
 from fastapi.testclient import TestClient
 
 from tests.conftest import AUTH, GatewayFile, make_settings, wait_gateway
-from tipml.domain.decisions import decode_decision
-from tipml.events.bus import DECISIONS, EmbeddedNats, connect
+from tests.events.helpers import logged_decisions
+from tipml.events.bus import EmbeddedNats, connect
 from tipml.serving.app import create_app
 
 
@@ -79,11 +79,7 @@ def test_decisions_are_logged_and_feedback_reaches_the_scorer(
     async def decisions() -> list[dict[str, object]]:
         nc = await connect(nats.url, "reader")
         js = nc.jetstream()
-        info = await js.stream_info(DECISIONS)
-        out = [
-            decode_decision((await js.get_msg(DECISIONS, s)).data or b"")
-            for s in range(info.state.first_seq, info.state.last_seq + 1)
-        ]
+        out = await logged_decisions(js)
         await nc.close()
         return out
 
@@ -145,10 +141,8 @@ def test_generate_prompts_are_built_from_real_signals(
     async def decision() -> dict[str, object]:
         nc = await connect(nats.url, "reader")
         js = nc.jetstream()
-        info = await js.stream_info(DECISIONS)
         found = {}
-        for s in range(info.state.first_seq, info.state.last_seq + 1):
-            d = orjson.loads((await js.get_msg(DECISIONS, s)).data or b"")
+        for d in await logged_decisions(js):
             if d["decision_id"] == generated["generation_id"]:
                 found = d
         await nc.close()

@@ -17,7 +17,12 @@ redelivered message first lists the parts (their names carry their sequence rang
 the sequences of every part overlapping the batch, and writes only what nobody wrote. Each
 stream sequence is written once — across processes too — unless an archiver stalls past
 ``ack_wait`` between writing a part and acking it while another writes the same redelivered
-batch; ``tipml archive compact`` keeps one row per sequence even then.
+batch; ``tipml archive compact`` keeps one row per sequence (and decision id) even then.
+
+A decision log's block (one message of many ``/score`` decisions, ADR 0028) becomes one row per
+decision, filed from the block's index (its subject is the decision's own,
+``ml.decisions.score.<id>``), all with the block's stream sequence: a sequence is written once
+with all its rows, and compaction keeps one row per (sequence, id).
 
 The archive keeps everything the stream holds, invalid events included (``valid = false``):
 those are also dead-lettered by the domain consumer, and the offline log is where feedback is
@@ -42,7 +47,7 @@ import pyarrow.parquet as pq
 
 from tipml.domain.events import signal_subject
 from tipml.events.bus import DECISIONS, FEEDBACK, SIGNALS
-from tipml.events.decisions import TS_HEADER, USER_HEADER
+from tipml.events.decisions import BATCH_HEADER, TS_HEADER, USER_HEADER, block_rows
 from tipml.events.keyed import Item, WriteResult
 from tipml.events.location import ArchiveLocation
 
@@ -148,7 +153,11 @@ class Archiver:
         self, subject: str, data: bytes, headers: Mapping[str, str] | None = None
     ) -> tuple[str, dict[str, Any]]:
         if headers and self.stream == DECISIONS:
-            filed = self._filed_by_headers(subject, data, headers)
+            filed = (
+                self._filed_block(subject, data)
+                if BATCH_HEADER in headers
+                else self._filed_by_headers(subject, data, headers)
+            )
             if filed is not None:
                 return filed
         try:
@@ -205,6 +214,25 @@ class Archiver:
         }
         return decision_id, row
 
+    def _filed_block(self, subject: str, data: bytes) -> tuple[str, dict[str, Any]] | None:
+        """A block of decisions: one row each, filed from the block's index (a ``/score``
+        decision's body is not parsed), under the decision's own subject. The event's ``ts``
+        is the first decision's: a block is filed in one day's part, whole. ``None``: not a
+        block after all — the body decides (one invalid row, archived as it came)."""
+        try:
+            decisions = block_rows(data)
+        except ValueError:
+            return None
+        prefix, _, key = subject.rpartition(".")
+        if not decisions or not prefix.startswith("ml.decisions."):
+            return None
+        rows = []
+        for decision_id, ts, user, line in decisions:
+            own = f"{prefix}.{decision_id}"
+            filed = self._filed_by_headers(own, line, {TS_HEADER: ts, USER_HEADER: user})
+            rows.append(filed[1] if filed is not None else self.parse(own, line)[1])
+        return key, {"ts": rows[0]["ts"], "rows": rows}
+
     def _rescan(self, lo: int, hi: int) -> None:
         """Read the sequences of every part in the location whose range overlaps ``lo..hi`` —
         what another archiver of the group may have written — into the set of written ones."""
@@ -225,7 +253,10 @@ class Archiver:
         if redelivered:
             await asyncio.to_thread(self._rescan, min(redelivered), max(redelivered))
         new = [i for i in items if i.seq not in self._archived and i.seq > self.floor]
-        result = WriteResult(applied=len(new), duplicates=len(items) - len(new))
+        result = WriteResult(
+            applied=sum(len(i.event.get("rows", (0,))) for i in new),
+            duplicates=len(items) - len(new),
+        )
         by_day: dict[str, list[Item[Any]]] = {}
         for item in new:
             ts = item.event["ts"] or datetime.now(UTC)
@@ -237,7 +268,9 @@ class Archiver:
         return result
 
     def _write(self, day: str, group: list[Item[Any]]) -> None:
-        rows = [{**i.event, "stream_seq": i.seq} for i in group]
+        rows = [
+            {**row, "stream_seq": i.seq} for i in group for row in i.event.get("rows", (i.event,))
+        ]
         table = pa.Table.from_pylist(rows, schema=SCHEMA)
         first, last = min(i.seq for i in group), max(i.seq for i in group)
         folder = f"date={day}"
@@ -266,14 +299,14 @@ class Compaction:
     files_before: int
     files_after: int
     rows_before: int
-    rows_after: int  # rows_before minus rows archived twice (same stream sequence)
+    rows_after: int  # rows_before minus rows archived twice (same stream sequence and id)
 
 
 def compact(
     root: ArchiveLocation | Path | str,
     streams: Sequence[str] = ("signals", "feedback", "decisions"),
 ) -> list[Compaction]:
-    """Merge each day's part files into one, ordered by stream sequence, each sequence once.
+    """Merge each day's part files into one, ordered by stream sequence, each row once.
 
     Idempotent and safe beside a running archiver: the merged file is written whole (renamed
     into place on a filesystem, one PUT on an object store) as ``part-<first>-<last>.parquet``
@@ -298,10 +331,12 @@ def compact(
             rows_before = table.num_rows
             if rows_before == 0:
                 continue
-            table = table.sort_by("stream_seq")
+            # one row per (sequence, id): a block of decisions is one sequence of many rows
+            table = table.sort_by([("stream_seq", "ascending"), ("event_id", "ascending")])
             seqs = table.column("stream_seq").to_numpy()
+            ids = table.column("event_id").fill_null("").to_numpy(zero_copy_only=False)
             first_of_seq = np.ones(len(seqs), dtype=bool)
-            first_of_seq[1:] = seqs[1:] != seqs[:-1]
+            first_of_seq[1:] = (seqs[1:] != seqs[:-1]) | (ids[1:] != ids[:-1])
             table = table.filter(pa.array(first_of_seq))
             first, last = int(seqs[0]), int(seqs[-1])
             target = f"{folder}/part-{first:012d}-{last:012d}.parquet"

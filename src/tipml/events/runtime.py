@@ -123,6 +123,7 @@ class EventsRuntime:
                 self.metrics,
                 buffer=settings.decision_buffer,
                 spill_max_bytes=settings.decision_spill_max_bytes,
+                batch_max=settings.decision_batch_max,
             )
             if decisions
             else None

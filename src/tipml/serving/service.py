@@ -54,8 +54,11 @@ log = logging.getLogger("tipml.serving")
 
 
 class DecisionSink(Protocol):
-    """Where every answer is logged (``events.decisions.DecisionLog``). ``record`` must not
-    block: it is called on the request path."""
+    """Where every answer is logged (``events.decisions.DecisionLog``). Neither method may
+    block: both are called on the request path. ``new_id`` reserves the id of a decision that
+    ``record`` logs once the answer is sent (the log's blocks, ADR 0028)."""
+
+    def new_id(self, kind: str) -> str: ...
 
     def record(self, kind: str, decision_id: str, payload: dict[str, Any]) -> None: ...
 
@@ -249,7 +252,7 @@ class ScoreService:
         propensities: list[float] = ranking.propensities.tolist()
         order: list[int] = ranking.order.tolist()
         response: dict[str, Any] = {
-            "score_id": str(uuid.uuid4()),
+            "score_id": self.decisions.new_id("score"),
             "model_version": scorer.version,
             "policy": policy.name,
             "results": [
