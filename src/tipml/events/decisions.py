@@ -58,6 +58,7 @@ from nats.js.errors import NotFoundError
 from tipml.domain.decisions import decode_decision
 from tipml.events.bus import DECISIONS
 from tipml.events.metrics import EventMetrics
+from tipml.ids import ProcessIds
 
 log = logging.getLogger("tipml.decisions")
 
@@ -126,22 +127,7 @@ class _Block:
         self.closed_at = 0.0  # monotonic; 0: still open
 
 
-class _Keys:
-    """Block keys: a random prefix per process (a forked child draws its own), then a counter."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        self._count = itertools.count()
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._count) & 0xFFFFFFFF:08x}"
-
-
-_keys = _Keys()
-os.register_at_fork(after_in_child=_keys.reset)
+_keys = ProcessIds(width=8)  # block keys: 24 hex digits
 
 
 def _count(item: Record) -> int:

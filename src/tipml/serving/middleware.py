@@ -6,9 +6,7 @@ Pure ASGI (not ``BaseHTTPMiddleware``) keeps the per-request overhead to a few m
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +17,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tipml.errors import PayloadTooLarge
+from tipml.ids import ProcessIds
 from tipml.logs import request_id_var
 from tipml.serving.metrics import Metrics
 
@@ -41,24 +40,8 @@ class FastRoute(Protocol):
     ) -> tuple[bytes, Sequence[Callable[[], None]]]: ...
 
 
-class _RequestIds:
-    """Request ids for requests that bring none: unique without a system call per request
-    (``uuid4`` reads the kernel's random source each time) — a random prefix per process,
-    then a counter. A forked child draws its own prefix (a spawned worker imports anew)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        self._count = itertools.count()
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._count):016x}"
-
-
-_request_ids = _RequestIds()
-os.register_at_fork(after_in_child=_request_ids.reset)
+# request ids for requests that bring none (a uuid4 would read the kernel's random source)
+_request_ids = ProcessIds()
 
 
 def _error_response(status: int, code: str, detail: str, rid: str) -> tuple[Message, Message]:
