@@ -45,6 +45,15 @@ def _decision(decision_id: str, user: str) -> dict[str, Any]:
     }
 
 
+def _burst(log: DecisionLog, n: int, users: str) -> list[str]:
+    """``n`` requests answered (their ids reserved) before any is recorded — as ``/score``
+    records after the answer is sent — then recorded, users ``<users>-<i>``."""
+    reserved = [log.new_id("score") for _ in range(n)]
+    for i, decision_id in enumerate(reserved):
+        log.record("score", decision_id, _decision(decision_id, f"{users}-{i}"))
+    return reserved
+
+
 async def _stream_messages(nc: NATS) -> list[Any]:
     js = nc.jetstream()
     info = await js.stream_info(DECISIONS)
@@ -62,13 +71,9 @@ async def test_decisions_recorded_while_a_publish_is_in_flight_go_out_as_one_mes
     log = DecisionLog(tmp_path / "spill", EventMetrics(CollectorRegistry()), batch_max=64)
     log.start(lambda: nc)
     ids: list[str] = []
-    # ten bursts of 50 requests, each answered (its id reserved) before any is recorded — as
-    # /score records after the answer is sent — while the loop is busy with the requests
+    # ten bursts of 50 requests while the loop is busy with them
     for burst in range(10):
-        reserved = [log.new_id("score") for _ in range(50)]
-        for i, decision_id in enumerate(reserved):
-            log.record("score", decision_id, _decision(decision_id, f"u{burst}-{i}"))
-        ids += reserved
+        ids += _burst(log, 50, f"u{burst}")
         await asyncio.sleep(0.01)
 
     async def published() -> bool:
@@ -150,10 +155,7 @@ async def test_blocks_are_archived_one_row_per_decision_once_and_compaction_keep
     log.start(lambda: nc)
     ids: list[str] = []
     for burst in range(6):
-        reserved = [log.new_id("score") for _ in range(30)]
-        for i, decision_id in enumerate(reserved):
-            log.record("score", decision_id, _decision(decision_id, f"u{burst}-{i}"))
-        ids += reserved
+        ids += _burst(log, 30, f"u{burst}")
         await eventually(lambda b=burst: _n(log, 30 * (b + 1)), timeout_s=10, what="a block out")
     await log.stop()
     assert len(await _stream_messages(nc)) == 6
