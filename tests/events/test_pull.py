@@ -99,3 +99,26 @@ async def test_no_consumer_answering_is_an_error_not_a_silent_wait(
     with pytest.raises(NoRespondersError):
         await pull.next_batch(2.0)
     await pull.close()
+
+
+async def test_a_request_is_bounded_in_bytes_so_large_messages_never_flood_the_client(
+    nats: EmbeddedNats, nc: NATS, tmp_path: Path
+) -> None:
+    """A batch of 500 blocks of decisions (ADR 0028) asked the server for ~100 MB at once; a
+    busy ``tipml serve`` read it slowly and the server cut the connection as a slow consumer
+    (its 64 MiB ``max_pending``), every ten seconds (``scripts/up.sh``, 2026-12-01). Each
+    request now asks for at most 8 MiB: 160 messages of 300 KB (48 MB) arrive over several
+    requests, each once, in order, on the one connection."""
+    pull = await _stream(nc, nats, tmp_path)
+    pull.batch = 500
+    js = nc.jetstream()
+    pad = "x" * 300_000
+    for i in range(160):
+        await js.publish("signals.x", orjson.dumps({"event_id": f"big-{i:03d}", "pad": pad}))
+    got: list[object] = []
+    while len(got) < 160:
+        got += await pull.next_batch(5.0)
+    assert _ids(got) == [f"big-{i:03d}" for i in range(160)]
+    assert pull.requests >= 48_000_000 // (8 << 20)  # no request brought more than 8 MiB
+    assert nc.stats["reconnects"] == 0
+    await pull.close()

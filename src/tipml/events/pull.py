@@ -15,8 +15,15 @@ has. One inbox read by one loop: messages come out in the order the server sent 
 
 Bookkeeping of what the server still owes: every request adds its batch; every message takes
 one; a request that ends early (408 "Request Timeout" at its expiry, 409 "Leadership Change",
-…) says how many it still owed in ``Nats-Pending-Messages``. A request whose end was never
-heard (a server restart, a lost connection) is written off once its expiry has passed.
+409 "Message Size Exceeds MaxBytes", …) says how many it still owed in
+``Nats-Pending-Messages``. A request whose end was never heard (a server restart, a lost
+connection) is written off once its expiry has passed.
+
+Every request also bounds its bytes (``max_bytes``: 8 MiB, or twice the server's largest
+message). A batch of 500 blocks of decisions (ADR 0028, up to 256 KiB each) asked for 100 MB
+at once: the server's write buffer to the client passed its 64 MiB ``max_pending`` while a busy
+``tipml serve`` read slowly, and the server cut the connection as a slow consumer, every ten
+seconds (``scripts/up.sh``, 2026-12-01 07:12 UTC).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ ENDED = ("408", "409")  # the request ended: expired, or the server ended it (le
 
 
 _LINGER_TICK_S = 0.05
+_MAX_BYTES = 8 << 20  # per pull request (at least twice the server's max_payload)
 
 
 class PullStream:
@@ -79,7 +87,8 @@ class PullStream:
             return
         wanted = self.batch if self.ahead else self.batch - self._owed
         expires_ns = int(self.expires_s * 1e9)
-        body = orjson.dumps({"batch": wanted, "expires": expires_ns})
+        max_bytes = max(_MAX_BYTES, 2 * int(getattr(self._nc, "max_payload", 0) or 0))
+        body = orjson.dumps({"batch": wanted, "expires": expires_ns, "max_bytes": max_bytes})
         await self._nc.publish(self._subject, body, reply=self._inbox)
         self._owed += wanted
         self._expires_at = time.monotonic() + self.expires_s
