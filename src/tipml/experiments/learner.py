@@ -58,6 +58,13 @@ def _prior(state: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     return lambda: dict(state)
 
 
+# Lookups of one batch in flight at once. A lookup of a ``/score`` decision brings its whole
+# block (ADR 0028: up to 256 KiB): a batch of 500 looked up at once asked nats-server for
+# ~100 MB, more than its 64 MiB ``max_pending`` for a client that a busy ``tipml serve`` reads
+# slowly, and the server cut the connection as a slow consumer (scripts/up.sh, 2026-12-01).
+LOOKUPS_IN_FLIGHT = 16
+
+
 class Learner:
     name = "experiments-learner"
     stream = FEEDBACK
@@ -121,9 +128,7 @@ class Learner:
 
     async def _decisions(self, items: Sequence[Item[Any]]) -> list[dict[str, Any] | None]:
         """Each item's decision; a miss is retried until ``grace_s`` after the item arrived."""
-        found: list[dict[str, Any] | None] = list(
-            await asyncio.gather(*(self.lookup(i.event.decision_id) for i in items))
-        )
+        found = await self._lookup_all([i.event.decision_id for i in items])
         while True:
             now = time.time()
             waiting = [
@@ -134,11 +139,20 @@ class Learner:
             if not waiting:
                 return found
             await asyncio.sleep(min(0.5, self.grace_s))
-            again = await asyncio.gather(
-                *(self.lookup(items[k].event.decision_id) for k in waiting)
-            )
+            again = await self._lookup_all([items[k].event.decision_id for k in waiting])
             for k, d in zip(waiting, again, strict=True):
                 found[k] = d
+
+    async def _lookup_all(self, decision_ids: list[str]) -> list[dict[str, Any] | None]:
+        """Each id's decision, at most ``LOOKUPS_IN_FLIGHT`` lookups at once."""
+        gate = asyncio.Semaphore(LOOKUPS_IN_FLIGHT)
+
+        async def one(decision_id: str) -> dict[str, Any] | None:
+            async with gate:
+                found: dict[str, Any] | None = await self.lookup(decision_id)
+                return found
+
+        return list(await asyncio.gather(*(one(d) for d in decision_ids)))
 
     async def handle(self, items: Sequence[Item[Any]]) -> WriteResult:
         named = [i for i in items if i.event.decision_id]
